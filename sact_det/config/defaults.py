@@ -1,0 +1,65 @@
+"""Config keys of sact_det: everything new lives under cfg.MODEL.SACT (model) and cfg.SACT_* (tools)."""
+from typing import Callable, List
+
+from detectron2.config import CfgNode as CN
+
+# Tool modules append their own add_xxx_config here (e.g. saliency); get_sact_cfg() applies all.
+_EXTRA_CONFIG_HOOKS: List[Callable[[CN], None]] = []
+
+VALID_MODES = ("sact", "act", "none")
+VALID_EXECUTION = ("dense", "sparse", "auto")
+VALID_STAGES = ("res2", "res3", "res4", "res5")
+
+
+def register_config_hook(fn: Callable[[CN], None]) -> Callable[[CN], None]:
+    """Decorator: ``fn(cfg)`` adds a tool's keys; it runs inside :func:`get_sact_cfg`."""
+    if fn not in _EXTRA_CONFIG_HOOKS:
+        _EXTRA_CONFIG_HOOKS.append(fn)
+    return fn
+
+
+def add_sact_config(cfg: CN) -> None:
+    """Add the cfg.MODEL.SACT keys (defaults follow the original SACT implementation)."""
+    cfg.MODEL.SACT = CN()
+    cfg.MODEL.SACT.MODE = "sact"  # "sact" (per position), "act" (per image) or "none" (dense ResNet)
+    cfg.MODEL.SACT.TAU = 0.005  # ponder-cost weight: loss_ponder = TAU * sum_stages mean(rho)
+    cfg.MODEL.SACT.EPS = 0.01  # a position halts when the cumulative halting score reaches 1 - EPS
+    cfg.MODEL.SACT.HALT_BIAS_INIT = -3.0  # initial bias of the halting logits (sigmoid(-3) ~ 0.047)
+    cfg.MODEL.SACT.HALT_KERNEL_SIZE = 3  # kernel of the spatial halting conv (SACT)
+    cfg.MODEL.SACT.HALT_NORM = "BN"  # norm before the halting convs: BN, SyncBN, FrozenBN, GN, "" (none)
+    cfg.MODEL.SACT.STAGES = ["res2", "res3", "res4"]  # the adaptive stages; others stay dense
+    cfg.MODEL.SACT.EXECUTION = "dense"  # inference path: "dense" (masked), "sparse" (gather/scatter), "auto"
+    cfg.MODEL.SACT.SPARSE_MAX_DENSITY = 0.6  # "auto": sparse when the active fraction is below this
+
+
+def get_sact_cfg() -> CN:
+    """detectron2's default config plus every sact_det key (model and tools)."""
+    from detectron2.config import get_cfg
+
+    cfg = get_cfg()
+    add_sact_config(cfg)
+    for hook in _EXTRA_CONFIG_HOOKS:
+        hook(cfg)
+    return cfg
+
+
+def validate_sact_cfg(cfg: CN) -> None:
+    """Raise ValueError naming the key when a cfg.MODEL.SACT value is invalid."""
+    s = cfg.MODEL.SACT
+    if s.MODE not in VALID_MODES:
+        raise ValueError(f"cfg.MODEL.SACT.MODE must be one of {VALID_MODES}, got {s.MODE!r}")
+    if not float(s.TAU) >= 0.0:
+        raise ValueError(f"cfg.MODEL.SACT.TAU must be >= 0, got {s.TAU}")
+    if not 0.0 < float(s.EPS) < 1.0:
+        raise ValueError(f"cfg.MODEL.SACT.EPS must be in (0, 1), got {s.EPS}")
+    if s.EXECUTION not in VALID_EXECUTION:
+        raise ValueError(f"cfg.MODEL.SACT.EXECUTION must be one of {VALID_EXECUTION}, got {s.EXECUTION!r}")
+    if int(s.HALT_KERNEL_SIZE) < 1 or int(s.HALT_KERNEL_SIZE) % 2 == 0:
+        raise ValueError(f"cfg.MODEL.SACT.HALT_KERNEL_SIZE must be a positive odd integer, got {s.HALT_KERNEL_SIZE}")
+    if not 0.0 <= float(s.SPARSE_MAX_DENSITY) <= 1.0:
+        raise ValueError(f"cfg.MODEL.SACT.SPARSE_MAX_DENSITY must be in [0, 1], got {s.SPARSE_MAX_DENSITY}")
+    bad = [st for st in s.STAGES if st not in VALID_STAGES]
+    if bad:
+        raise ValueError(f"cfg.MODEL.SACT.STAGES has unknown stage name(s) {bad}; valid: {VALID_STAGES}")
+    if len(set(s.STAGES)) != len(s.STAGES):
+        raise ValueError(f"cfg.MODEL.SACT.STAGES has duplicates: {list(s.STAGES)}")

@@ -1,0 +1,215 @@
+"""SACT / ACT ResNet backbone: detectron2's ResNet whose chosen stages halt adaptively.
+
+Parameter names are detectron2's (stem.conv1, res2.0.conv1, ...); each unit but the last of an
+adaptive stage has an extra ``halting`` submodule. The first unit of a stage runs everywhere; unit
+l >= 1 runs where the position has not halted (masked dense path in training, optionally
+gather/scatter at inference). With halting disabled the output equals detectron2's ResNet.
+"""
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.modeling import BACKBONE_REGISTRY
+from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, BasicBlock, ResNet
+from torch import nn
+
+from ..config.defaults import validate_sact_cfg
+from .act import HaltingState
+from .halting import build_halting
+
+__all__ = ["StagePonder", "SACTStage", "SACTResNet", "build_sact_resnet_backbone"]
+
+_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
+_STAGE_INDEX = {"res2": 0, "res3": 1, "res4": 2, "res5": 3}
+
+
+@dataclass
+class StagePonder:
+    """What one adaptive stage did in the last forward (B images, HxW stage output grid).
+
+    ponder_cost: (B,1,H,W) rho = N + R (differentiable through R).
+    num_units:   (B,1,H,W) N, units executed per position.
+    masks:       for units 1..L-1, (B,1,H,W) bool positions where the unit ran (unit 0 runs everywhere).
+    stride:      stride of the stage output w.r.t. the input image.
+    """
+
+    ponder_cost: torch.Tensor
+    num_units: torch.Tensor
+    masks: List[torch.Tensor] = field(default_factory=list)
+    stride: int = 1
+
+
+class SACTStage(nn.Sequential):
+    """A ResNet stage (children "0", "1", ... are detectron2 blocks) with adaptive halting.
+
+    forward: x (B,Cin,H,W) -> sum_l p^l x^l (B,Cout,H',W'); records ``self.last`` (StagePonder).
+    """
+
+    def __init__(self, blocks: List[nn.Module], mode: str, eps: float, norm: str, kernel_size: int,
+                 bias_init: float, stride: int = 1) -> None:
+        super().__init__(*blocks)
+        self.mode = mode
+        self.eps = eps
+        self.stride = stride
+        self.execution = "dense"
+        self.sparse_max_density = 1.0
+        self.last: Optional[StagePonder] = None
+        for block in blocks[:-1]:
+            block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init))
+        self._folded: Dict[int, object] = {}
+
+    def train(self, mode: bool = True) -> "SACTStage":
+        self._folded = {}  # folded (BN-merged) units are only valid for the current eval weights
+        return super().train(mode)
+
+    def _run_unit(self, index: int, block: nn.Module, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+        """State after unit ``index``: block(x) where active, x elsewhere. active: (B,1,H,W) or (B,1,1,1)."""
+        if not self.training and self.execution != "dense":
+            from . import sparse
+
+            density = float(active.float().mean())
+            if sparse.choose_execution(self.execution, density, self.sparse_max_density):
+                if index not in self._folded:
+                    self._folded[index] = sparse.fold_unit(block)
+                return sparse.sparse_unit_forward(self._folded[index], x, active)
+        return torch.where(active, block(x), x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        num = len(self)
+        state = HaltingState(self.eps)
+        out: Optional[torch.Tensor] = None
+        masks: List[torch.Tensor] = []
+        for index, block in enumerate(self):
+            if index == 0:
+                x = block(x)  # the first unit runs at every position
+            else:
+                active = state.active
+                if not bool(active.any()):
+                    break  # every position halted: the remaining units run nowhere
+                masks.append(active)
+                x = self._run_unit(index, block, x, active)
+            last = index == num - 1
+            h = None if last else block.halting(x)
+            like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
+            weight = state.step(h, last=last, like=like)
+            out = weight * x if out is None else out + weight * x
+        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
+        self.last = StagePonder(
+            ponder_cost=state.ponder_cost.expand(shape),
+            num_units=state.num_units.expand(shape),
+            masks=[m.expand(shape) for m in masks],
+            stride=self.stride,
+        )
+        return out
+
+
+def _freeze_unit(module: nn.Module) -> None:
+    """Freeze a stem/unit like detectron2's CNNBlockBase.freeze, but never its halting branch."""
+    for name, child in module.named_children():
+        if name == "halting":
+            continue
+        for p in child.parameters():
+            p.requires_grad = False
+        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(child)
+        if frozen is not child:
+            setattr(module, name, frozen)
+    for p in module.parameters(recurse=False):
+        p.requires_grad = False
+
+
+class SACTResNet(ResNet):
+    """detectron2 ResNet with SACT/ACT stages. ``last_ponder`` maps stage name -> StagePonder."""
+
+    def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str], freeze_at: int,
+                 mode: str, adaptive_stages: List[str], eps: float, halt_norm: str, halt_kernel_size: int,
+                 halt_bias_init: float, execution: str = "dense", sparse_max_density: float = 1.0) -> None:
+        super().__init__(stem, stages, out_features=out_features, freeze_at=0)
+        self.mode = mode
+        self.adaptive_stages = [] if mode == "none" else list(adaptive_stages)
+        for name in self.adaptive_stages:
+            if name not in self.stage_names:
+                raise ValueError(
+                    f"cfg.MODEL.SACT.STAGES names {name!r}, which this backbone does not build "
+                    f"(it has {list(self.stage_names)} for OUT_FEATURES={list(out_features)})"
+                )
+        stage_list = list(self.stages)
+        for i, name in enumerate(self.stage_names):
+            if name in self.adaptive_stages:
+                old = getattr(self, name)
+                new = SACTStage(list(old), mode, eps, halt_norm, halt_kernel_size, halt_bias_init,
+                                stride=self._out_feature_strides[name])
+                new.execution, new.sparse_max_density = execution, sparse_max_density
+                setattr(self, name, new)
+                stage_list[i] = new
+        self.stages = stage_list
+        self.freeze(freeze_at)
+
+    @property
+    def last_ponder(self) -> Dict[str, StagePonder]:
+        """Per adaptive stage, what the last forward did (empty for MODE none)."""
+        return {n: getattr(self, n).last for n in self.adaptive_stages if getattr(self, n).last is not None}
+
+    def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
+        """Switch the inference path of every adaptive stage: dense | sparse | auto."""
+        for name in self.adaptive_stages:
+            stage = getattr(self, name)
+            stage.execution = execution
+            if sparse_max_density is not None:
+                stage.sparse_max_density = sparse_max_density
+
+    def freeze(self, freeze_at: int = 0) -> "SACTResNet":
+        """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; halting stays trainable."""
+        if freeze_at >= 1:
+            _freeze_unit(self.stem)
+        for idx, stage in enumerate(self.stages, start=2):
+            if freeze_at >= idx:
+                for block in stage.children():
+                    _freeze_unit(block)
+        return self
+
+    def output_shape(self) -> Dict[str, ShapeSpec]:
+        return super().output_shape()
+
+
+def make_resnet_stages(cfg, input_channels: int):
+    """detectron2's stem and stage blocks from cfg.MODEL.RESNETS (same construction as its builder)."""
+    r = cfg.MODEL.RESNETS
+    depth = r.DEPTH
+    if depth not in _BLOCKS_PER_STAGE:
+        raise ValueError(f"cfg.MODEL.RESNETS.DEPTH must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
+    if any(r.DEFORM_ON_PER_STAGE):
+        raise ValueError("cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE is not supported by the SACT backbone")
+    stem = BasicStem(in_channels=input_channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
+    in_ch, out_ch = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
+    bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
+    if depth in (18, 34) and out_ch != 64:
+        raise ValueError("cfg.MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for R18/R34")
+    stages = []
+    for idx, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
+        dilation = r.RES5_DILATION if idx == 3 else 1
+        first_stride = 1 if idx == 0 or (idx == 3 and dilation == 2) else 2
+        kwargs = dict(num_blocks=num_blocks, stride_per_block=[first_stride] + [1] * (num_blocks - 1),
+                      in_channels=in_ch, out_channels=out_ch, norm=r.NORM)
+        if depth in (18, 34):
+            kwargs["block_class"] = BasicBlock
+        else:
+            kwargs.update(block_class=BottleneckBlock, bottleneck_channels=bottleneck, stride_in_1x1=r.STRIDE_IN_1X1,
+                          dilation=dilation, num_groups=r.NUM_GROUPS)
+        stages.append(ResNet.make_stage(**kwargs))
+        in_ch, out_ch, bottleneck = out_ch, out_ch * 2, bottleneck * 2
+    return stem, stages
+
+
+@BACKBONE_REGISTRY.register()
+def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
+    """SACT / ACT / dense ResNet from cfg.MODEL.RESNETS and cfg.MODEL.SACT."""
+    validate_sact_cfg(cfg)
+    s = cfg.MODEL.SACT
+    stem, stages = make_resnet_stages(cfg, input_shape.channels)
+    return SACTResNet(
+        stem, stages, out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+        mode=s.MODE, adaptive_stages=list(s.STAGES), eps=float(s.EPS), halt_norm=s.HALT_NORM,
+        halt_kernel_size=int(s.HALT_KERNEL_SIZE), halt_bias_init=float(s.HALT_BIAS_INIT),
+        execution=s.EXECUTION, sparse_max_density=float(s.SPARSE_MAX_DENSITY),
+    )
