@@ -85,8 +85,9 @@ class SACTStage(nn.Sequential):
                 x = block(x)  # the first unit runs at every position
             else:
                 active = state.active
-                if not bool(active.any()):
+                if not self.training and not bool(active.any()):
                     break  # every position halted: the remaining units run nowhere
+                # (in training the masked units stay in the graph, so DDP sees every parameter used)
                 masks.append(active)
                 x = self._run_unit(index, block, x, active)
             last = index == num - 1
