@@ -17,7 +17,7 @@ from torch import nn
 from .backbone import SACTResNet, StagePonder, make_resnet_stages
 from .halting import GlobalHalting, SpatialHalting
 
-__all__ = ["conv_flops", "backbone_flops", "dense_backbone_flops", "dilate", "conv_out_hw", "HookFlopCounter"]
+__all__ = ["stage_flops", "conv_flops", "backbone_flops", "dense_backbone_flops", "dilate", "conv_out_hw", "HookFlopCounter"]
 
 HW = Tuple[int, int]
 
@@ -68,7 +68,7 @@ def _dense_unit(block: nn.Module, hw: HW) -> Tuple[float, HW]:
     return flops, cur
 
 
-def _stage_flops(stage: nn.Module, hw: HW, ponder: Optional[StagePonder], index: int) -> Tuple[float, HW]:
+def stage_flops(stage: nn.Module, hw: HW, ponder: Optional[StagePonder], index: int) -> Tuple[float, HW]:
     """FLOPs of one stage for image ``index``; ``ponder`` None means a dense stage."""
     flops, hw = _dense_unit(stage[0], hw)  # unit 0 runs everywhere
     num_pos = hw[0] * hw[1]
@@ -106,8 +106,8 @@ def backbone_flops(backbone: SACTResNet, image_hw: Sequence[int], index: int = 0
     flops = conv_flops(stem_conv, hw[0] * hw[1])
     hw = ((hw[0] + 2 - 3) // 2 + 1, (hw[1] + 2 - 3) // 2 + 1)  # 3x3/2 max pool, pad 1 (free)
     for name, stage in zip(backbone.stage_names, backbone.stages):
-        stage_flops, hw = _stage_flops(stage, hw, ponder.get(name), index)
-        flops += stage_flops
+        f, hw = stage_flops(stage, hw, ponder.get(name), index)
+        flops += f
     return flops
 
 
