@@ -1,0 +1,109 @@
+"""Crash-safe checkpoints: every file is written to a temporary name and renamed into place.
+
+A run killed while saving leaves the previous checkpoint and the ``last_checkpoint`` tag intact
+(``os.replace`` is atomic on POSIX and Windows); the tag is updated only after the new file is
+complete and flushed to disk.
+"""
+import glob
+import os
+import tempfile
+from typing import IO, Any, Callable, Optional
+
+import torch
+from detectron2.checkpoint import DetectionCheckpointer
+
+__all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
+
+_TMP_PREFIX = ".tmp-"
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, rename it to ``path``.
+
+    Readers see either the old complete file or the new complete file, never a partial one.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + os.path.basename(path) + ".", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+    try:  # make the rename itself durable
+        dir_fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
+
+
+class AtomicDetectionCheckpointer(DetectionCheckpointer):
+    """detectron2's DetectionCheckpointer whose ``save`` and ``last_checkpoint`` tag are atomic."""
+
+    def _is_local(self) -> bool:
+        return "://" not in str(self.save_dir)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        """Same as Checkpointer.save: ``<save_dir>/<name>.pth`` with model, checkpointables, kwargs."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._is_local():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        if os.path.basename(save_file) != basename:
+            raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        atomic_write(save_file, lambda f: torch.save(data, f))
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._is_local():
+            return super().tag_last_checkpoint(last_filename_basename)
+        atomic_write(os.path.join(self.save_dir, "last_checkpoint"),
+                     lambda f: f.write(last_filename_basename.encode()))
+
+    def remove_stale_temporaries(self) -> int:
+        """Delete temporary files left by runs killed while saving; returns how many."""
+        if not self.save_dir or not self.save_to_disk or not self._is_local():
+            return 0
+        stale = glob.glob(os.path.join(self.save_dir, _TMP_PREFIX + "*"))
+        for path in stale:
+            os.remove(path)
+        return len(stale)
+
+    def get_checkpoint_file(self) -> str:
+        """The file named by ``last_checkpoint``; a clear error if the tag names a missing file."""
+        path = super().get_checkpoint_file()
+        if path and self._is_local() and not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{os.path.join(self.save_dir, 'last_checkpoint')} names {os.path.basename(path)!r}, "
+                f"which does not exist in {self.save_dir}; delete the tag or point it at an existing "
+                f"model_*.pth to resume"
+            )
+        return path
+
+    def resolve_resume_file(self) -> Optional[str]:
+        """The checkpoint a ``--resume`` run would continue from, or None."""
+        return self.get_checkpoint_file() if self.has_checkpoint() else None
