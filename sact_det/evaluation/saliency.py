@@ -1,0 +1,204 @@
+"""Ponder-cost maps as saliency maps, the saliency baselines, and the saliency config keys.
+
+Post-processing of a ponder map (as in the SACT paper, sec. "Visual saliency"), all at a working
+resolution of the image's aspect ratio (longer side <= WORK_MAX_SIZE), then resized to the target
+(fixation map) size and renormalised:
+    upsample (bilinear) -> Gaussian blur (sigma = BLUR_SIGMA * width) -> NORMALIZE ->
+    logits = map / TEMPERATURE + CENTER_PRIOR_WEIGHT * log(centre Gaussian) -> softmax over pixels.
+Maps are resized bilinearly (area-averaged when shrinking); the MIT code uses MATLAB's bicubic
+``imresize``, which can overshoot below zero on sharp maps.
+"""
+from typing import Dict, Sequence, Tuple
+
+import cv2
+import numpy as np
+import torch
+from detectron2.config import CfgNode as CN
+
+from sact_det.config import register_config_hook
+
+__all__ = [
+    "add_saliency_config",
+    "validate_saliency_cfg",
+    "resize_map",
+    "gaussian_blur",
+    "center_bias_map",
+    "uniform_map",
+    "ponder_to_saliency",
+    "ponder_map_from_stages",
+    "MeanFixationBaseline",
+    "METHODS",
+]
+
+METHODS = ("sact", "center", "uniform", "mean_fixation")  # SACT maps and the three baselines
+NORMALIZATIONS = ("none", "minmax", "zscore")
+
+
+@register_config_hook
+def add_saliency_config(cfg: CN) -> None:
+    """Add the cfg.SACT_SALIENCY keys (ponder maps scored as saliency, tools/eval_saliency.py)."""
+    c = cfg.SACT_SALIENCY = CN()
+    # (width, height) fed to the model; paper: 640x360 (COCO model), 320x180 (ImageNet); [0, 0] = cfg.INPUT resize
+    c.INPUT_SIZE = [640, 360]
+    c.STAGES = []  # adaptive stages whose ponder maps are summed, e.g. ["res2"]; [] = all ("ponder_map")
+    c.BLUR_SIGMA = 0.02  # Gaussian blur of the ponder map, sigma as a fraction of the width; 0 = none
+    c.NORMALIZE = "none"  # scaling before the softmax: "none" (raw ponder cost, paper), "minmax", "zscore"
+    c.TEMPERATURE = 0.2  # softmax temperature over pixels (paper: 1/5); must be > 0
+    c.CENTER_PRIOR_WEIGHT = 0.0  # w: logits += w * log(centre Gaussian), i.e. map * prior**w; 0 = off
+    c.CENTER_SIGMA = 0.25  # centre Gaussian (prior, centre baseline): sigma per axis, fraction of W / H
+    c.WORK_MAX_SIZE = 480  # post-process at this longer side (px), then resize to the fixation map; 0 = full
+    c.METHODS = list(METHODS)  # maps to score: "sact", baselines "center", "uniform", "mean_fixation"
+    c.MEAN_MAP_SIZE = [64, 36]  # (width, height) at which the mean fixation map baseline is accumulated
+    c.INFO_GAIN_BASELINE = "center"  # baseline map of InfoGain: "center", "uniform" or "mean_fixation"
+    c.AUC_SPLITS = 100  # random splits of AUC-Borji and shuffled AUC (MIT: 100)
+    c.AUC_STEP = 0.1  # threshold step of AUC-Borji and shuffled AUC (MIT: 0.1)
+    c.SHUFFLE_OTHER_IMAGES = 10  # shuffled AUC negatives: fixations of this many other images (Borji: 10)
+    c.GT_SIGMA = 0.03  # no FIXATIONMAPS (demo data): continuous map = fixations blurred, sigma / width
+    c.SEED = 0  # seed of the random AUC splits and of the choice of other images
+    c.VIS_IMAGES = 8  # number of (image | fixations | ponder map | saliency) PNGs; 0 = none
+
+
+def validate_saliency_cfg(cfg: CN) -> None:
+    """Raise ValueError naming the cfg.SACT_SALIENCY key whose value is invalid."""
+    c = cfg.SACT_SALIENCY
+    checks = [
+        ("INPUT_SIZE", len(c.INPUT_SIZE) == 2 and all(int(v) >= 0 for v in c.INPUT_SIZE)
+         and (int(c.INPUT_SIZE[0]) > 0) == (int(c.INPUT_SIZE[1]) > 0), "two sizes >= 0 (both 0 = off)"),
+        ("BLUR_SIGMA", float(c.BLUR_SIGMA) >= 0, ">= 0"),
+        ("NORMALIZE", c.NORMALIZE in NORMALIZATIONS, f"one of {NORMALIZATIONS}"),
+        ("TEMPERATURE", float(c.TEMPERATURE) > 0, "> 0"),
+        ("CENTER_SIGMA", float(c.CENTER_SIGMA) > 0, "> 0"),
+        ("WORK_MAX_SIZE", int(c.WORK_MAX_SIZE) >= 0, ">= 0"),
+        ("METHODS", len(c.METHODS) > 0 and all(m in METHODS for m in c.METHODS),
+         f"a non-empty subset of {METHODS}"),
+        ("MEAN_MAP_SIZE", len(c.MEAN_MAP_SIZE) == 2 and min(c.MEAN_MAP_SIZE) > 0, "two sizes > 0"),
+        ("INFO_GAIN_BASELINE", c.INFO_GAIN_BASELINE in METHODS[1:], f"one of {METHODS[1:]}"),
+        ("AUC_SPLITS", int(c.AUC_SPLITS) >= 1, ">= 1"),
+        ("AUC_STEP", 0 < float(c.AUC_STEP) <= 1, "in (0, 1]"),
+        ("SHUFFLE_OTHER_IMAGES", int(c.SHUFFLE_OTHER_IMAGES) >= 1, ">= 1"),
+        ("GT_SIGMA", float(c.GT_SIGMA) >= 0, ">= 0"),
+        ("VIS_IMAGES", int(c.VIS_IMAGES) >= 0, ">= 0"),
+    ]
+    for key, ok, want in checks:
+        if not ok:
+            raise ValueError(f"cfg.SACT_SALIENCY.{key} must be {want}, got {c.get(key)!r}")
+
+
+def resize_map(m: np.ndarray, hw: Tuple[int, int]) -> np.ndarray:
+    """Resize a float (h, w) map to ``hw`` = (H, W): bilinear, area-averaged when shrinking."""
+    m = np.asarray(m, dtype=np.float64)
+    if m.shape == tuple(hw):
+        return m
+    shrink = hw[0] < m.shape[0] and hw[1] < m.shape[1]
+    interp = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
+    return cv2.resize(m, (int(hw[1]), int(hw[0])), interpolation=interp).astype(np.float64)
+
+
+def gaussian_blur(m: np.ndarray, sigma_px: float) -> np.ndarray:
+    """Gaussian blur with sigma in pixels (reflect border); ``sigma_px <= 0`` returns ``m``."""
+    if sigma_px <= 0:
+        return m
+    return cv2.GaussianBlur(m, (0, 0), sigmaX=float(sigma_px), sigmaY=float(sigma_px),
+                            borderType=cv2.BORDER_REFLECT)
+
+
+def center_bias_map(hw: Tuple[int, int], sigma_frac: float) -> np.ndarray:
+    """(H, W) Gaussian at the image centre, sigma = sigma_frac * (W, H) per axis, sums to 1."""
+    h, w = hw
+    y = (np.arange(h) + 0.5 - h / 2) / (sigma_frac * h)
+    x = (np.arange(w) + 0.5 - w / 2) / (sigma_frac * w)
+    g = np.exp(-0.5 * (y[:, None] ** 2 + x[None, :] ** 2))
+    return g / g.sum()
+
+
+def uniform_map(hw: Tuple[int, int]) -> np.ndarray:
+    """(H, W) chance map: every pixel 1 / (H * W)."""
+    return np.full(tuple(hw), 1.0 / (hw[0] * hw[1]))
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max())
+    return e / e.sum()
+
+
+def _work_size(hw: Tuple[int, int], max_size: int) -> Tuple[int, int]:
+    h, w = hw
+    if max_size <= 0 or max(h, w) <= max_size:
+        return h, w
+    s = max_size / max(h, w)
+    return max(1, round(h * s)), max(1, round(w * s))
+
+
+def ponder_to_saliency(ponder_map, out_hw: Tuple[int, int], c: CN) -> np.ndarray:
+    """Ponder map (h, w) -> saliency density (H, W) = ``out_hw`` summing to 1 (``c`` = cfg.SACT_SALIENCY).
+
+    The ponder map must cover the whole image (as the model's cropped "ponder_map" does).
+    """
+    p = ponder_map.detach().cpu().numpy() if torch.is_tensor(ponder_map) else np.asarray(ponder_map)
+    if p.ndim != 2 or p.size == 0:
+        raise ValueError(f"ponder_map must be a non-empty (h, w) map, got shape {p.shape}")
+    if not np.all(np.isfinite(p)):
+        raise ValueError("ponder_map has non-finite values")
+    wh, ww = _work_size(out_hw, int(c.WORK_MAX_SIZE))
+    m = resize_map(p, (wh, ww))
+    m = gaussian_blur(m, float(c.BLUR_SIGMA) * ww)
+    if c.NORMALIZE == "minmax":
+        rng = m.max() - m.min()
+        m = (m - m.min()) / rng if rng > 0 else np.zeros_like(m)
+    elif c.NORMALIZE == "zscore":
+        sd = m.std()
+        m = (m - m.mean()) / sd if sd > 0 else np.zeros_like(m)
+    elif c.NORMALIZE != "none":
+        raise ValueError(f"cfg.SACT_SALIENCY.NORMALIZE must be one of {NORMALIZATIONS}, "
+                         f"got {c.NORMALIZE!r}")
+    logits = m / float(c.TEMPERATURE)
+    w_prior = float(c.CENTER_PRIOR_WEIGHT)
+    if w_prior != 0:
+        logits = logits + w_prior * np.log(center_bias_map((wh, ww), float(c.CENTER_SIGMA)))
+    sal = resize_map(_softmax(logits), out_hw)
+    return sal / sal.sum()
+
+
+def ponder_map_from_stages(stage_maps: Sequence) -> torch.Tensor:
+    """Sum (h_i, w_i) stage ponder maps at the finest resolution (bilinear), e.g. for a classifier's
+    ``backbone.last_ponder`` (``[p.ponder_cost[i, 0] for p in last_ponder.values()]``)."""
+    if not stage_maps:
+        raise ValueError("no stage ponder maps (is the model a SACT/ACT model?)")
+    target = max((tuple(m.shape) for m in stage_maps), key=lambda s: s[0] * s[1])
+    total = torch.zeros(target)
+    for m in stage_maps:
+        m = torch.as_tensor(m).detach().float().cpu()
+        if tuple(m.shape) != target:
+            m = torch.nn.functional.interpolate(m[None, None], size=target, mode="bilinear",
+                                                align_corners=False)[0, 0]
+        total += m
+    return total
+
+
+class MeanFixationBaseline:
+    """Mean continuous fixation map of the OTHER images (leave-one-out) at a fixed size."""
+
+    def __init__(self, size_wh: Sequence[int]) -> None:
+        self.hw = (int(size_wh[1]), int(size_wh[0]))
+        self._maps: Dict[object, np.ndarray] = {}
+        self._sum = np.zeros(self.hw)
+
+    def add(self, key, gt: np.ndarray) -> None:
+        """Add image ``key``'s continuous fixation map (any size; stored as a density)."""
+        m = resize_map(gt, self.hw)
+        m = m / m.sum()
+        self._maps[key] = m
+        self._sum += m
+
+    def __len__(self) -> int:
+        return len(self._maps)
+
+    def map_for(self, key, out_hw: Tuple[int, int]) -> np.ndarray:
+        """Density (H, W) = mean of all added maps except ``key``'s, resized to ``out_hw``."""
+        own = self._maps.get(key)
+        n = len(self._maps) - (own is not None)
+        if n < 1:
+            raise ValueError("mean_fixation baseline needs at least one other image with fixations")
+        m = (self._sum - own if own is not None else self._sum) / n
+        out = np.clip(resize_map(m, out_hw), 0, None)
+        return out / out.sum()
