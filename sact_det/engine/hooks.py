@@ -1,4 +1,4 @@
-"""Training hooks: per-iteration RNG seeds (exact resume) and a ponder-cost weight warm-up."""
+"""Training hooks: per-iteration RNG seeds (exact resume), ponder-cost weight warm-up, BN statistics sync."""
 import random
 from typing import Any, Dict
 

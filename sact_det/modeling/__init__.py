@@ -2,6 +2,7 @@ from .act import HaltingState
 from .backbone import SACTResNet, SACTStage, StagePonder, build_sact_resnet_backbone
 from .halting import GlobalHalting, SpatialHalting
 from .meta_arch import SACTRCNN
+from . import aig, blockdrop, gated_rcnn  # noqa: F401,E402  (ConvNet-AIG / BlockDrop backbones, keys, meta-archs)
 
 __all__ = ["HaltingState", "SACTResNet", "SACTStage", "StagePonder", "build_sact_resnet_backbone",
            "GlobalHalting", "SpatialHalting", "SACTRCNN"]

@@ -1,0 +1,262 @@
+"""Shared machinery of the per-image unit-skipping ResNets (ConvNet-AIG, BlockDrop).
+
+:class:`UnitSkippingResNet` is detectron2's ResNet (same parameter names: stem.conv1,
+res2.0.conv1, ...) whose chosen residual units ("res3.1", ...) run or are skipped per image.
+Subclasses decide *which* images run a unit (``_decide``) and how a unit is combined in training
+(``_train_unit``); this module owns per-image execution at inference (a skipped unit is not
+computed for that image), the per-image FLOP count and the per-image policy record.
+
+Skip rule: a skipped unit outputs its shortcut (identity, or the projection conv for the first
+unit of a stage); ConvNet-AIG applies a ReLU after a projection, BlockDrop does not (as the
+originals do). FLOPs (REFERENCE.md): 2 * positions * C_out * k*k * C_in / groups per conv, convs
+and fully-connected layers only; an executed unit costs all its convs, a skipped one only its
+projection shortcut.
+"""
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from detectron2.layers import FrozenBatchNorm2d
+from detectron2.modeling.backbone.resnet import BasicStem, ResNet
+from torch import nn
+
+from .flops import conv_flops, conv_out_hw
+
+__all__ = ["HW", "residual_branch", "shortcut_branch", "execute_per_image", "pool_valid", "stem_flops",
+           "unit_flops", "dense_resnet_flops", "UnitSkippingResNet", "freeze_except",
+           "built_stage_sizes", "check_stage_list"]
+
+HW = Tuple[int, int]
+
+
+def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Main path of a detectron2 Basic/Bottleneck block before the addition: (B,Cin,H,W) -> (B,Cout,H',W')."""
+    out = F.relu_(block.conv1(x))
+    if hasattr(block, "conv3"):
+        out = F.relu_(block.conv2(out))
+        return block.conv3(out)
+    return block.conv2(out)
+
+
+def shortcut_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The block's shortcut: its projection conv (+norm) or the identity."""
+    return x if block.shortcut is None else block.shortcut(x)
+
+
+def skip_output(block: nn.Module, x: torch.Tensor, relu_projection: bool) -> torch.Tensor:
+    """Output of a skipped unit: x, or the projection shortcut (ReLU'd if ``relu_projection``)."""
+    if block.shortcut is None:
+        return x
+    out = block.shortcut(x)
+    return F.relu(out) if relu_projection else out
+
+
+def execute_per_image(block: nn.Module, x: torch.Tensor, executed: torch.Tensor, relu_projection: bool) -> torch.Tensor:
+    """Inference: run ``block`` only on the images with ``executed`` (B,) True, skip it on the others."""
+    n_on = int(executed.sum())
+    if n_on == x.shape[0]:
+        return block(x)
+    if n_on == 0:
+        return skip_output(block, x, relu_projection)
+    on = executed.nonzero().squeeze(1)
+    off = (~executed).nonzero().squeeze(1)
+    y_on = block(x[on])
+    y_off = skip_output(block, x[off], relu_projection)
+    out = y_on.new_empty((x.shape[0],) + tuple(y_on.shape[1:]))
+    out[on] = y_on
+    out[off] = y_off
+    return out
+
+
+def pool_valid(x: torch.Tensor, image_sizes: Optional[Sequence[Sequence[int]]], stride: int) -> torch.Tensor:
+    """Global average over each image's own (unpadded) area: (B,C,H,W) -> (B,C).
+
+    ``image_sizes`` are the input images' (h, w) before batch padding; ``stride`` is the stride of
+    ``x`` w.r.t. the input. ``None`` averages over the whole map.
+    """
+    if image_sizes is None:
+        return x.mean(dim=(2, 3))
+    b, _, h, w = x.shape
+    if len(image_sizes) != b:
+        raise ValueError(f"pool_valid: {len(image_sizes)} image sizes for a batch of {b}")
+    mask = torch.zeros((b, 1, h, w), dtype=x.dtype, device=x.device)
+    for i, (ih, iw) in enumerate(image_sizes):
+        mask[i, :, : max(1, math.ceil(ih / stride)), : max(1, math.ceil(iw / stride))] = 1
+    return (x * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
+
+
+def stem_flops(stem: nn.Module, hw: HW) -> Tuple[float, HW]:
+    """FLOPs of the stem conv on an image of ``hw`` and the stem output size (BasicStem max-pools 3x3/2)."""
+    hw = conv_out_hw(stem.conv1, hw)
+    flops = conv_flops(stem.conv1, hw[0] * hw[1])
+    if isinstance(stem, BasicStem):
+        hw = ((hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)
+    elif stem.stride != stem.conv1.stride[0]:
+        raise TypeError(f"no FLOP rule for stem {type(stem).__name__} (stride {stem.stride})")
+    return flops, hw
+
+
+def unit_flops(block: nn.Module, hw: HW, executed: bool = True) -> Tuple[float, HW]:
+    """FLOPs of one residual unit on an input of ``hw``; a skipped unit costs its projection shortcut only."""
+    flops, cur = 0.0, hw
+    for name in ("conv1", "conv2", "conv3"):
+        conv = getattr(block, name, None)
+        if conv is None:
+            continue
+        cur = conv_out_hw(conv, cur)
+        if executed:
+            flops += conv_flops(conv, cur[0] * cur[1])
+    if block.shortcut is not None:
+        flops += conv_flops(block.shortcut, cur[0] * cur[1])
+    return flops, cur
+
+
+def dense_resnet_flops(resnet: ResNet, hw: HW) -> Tuple[float, HW]:
+    """FLOPs of stem + every unit of a dense detectron2 ResNet on one image; returns (flops, last hw)."""
+    flops, hw = stem_flops(resnet.stem, hw)
+    for stage in resnet.stages:
+        for block in stage:
+            f, hw = unit_flops(block, hw)
+            flops += f
+    return flops, hw
+
+
+def built_stage_sizes(stages: Sequence[Sequence[nn.Module]], out_features: Sequence[str]) -> Dict[str, int]:
+    """Stage name -> number of units, for the stages detectron2's ResNet keeps for ``out_features``."""
+    order = ("res2", "res3", "res4", "res5")
+    n = max([order.index(f) + 1 for f in out_features if f in order] or [len(stages)])
+    return {name: len(units) for name, units in zip(order[:n], stages)}
+
+
+def check_stage_list(key: str, wanted: Sequence[str], built: Dict[str, int]) -> List[str]:
+    """``wanted`` in ResNet order; ValueError naming ``key`` when empty, duplicated or not built."""
+    bad = [s for s in wanted if s not in built]
+    if not wanted or bad or len(set(wanted)) != len(wanted):
+        raise ValueError(f"{key} must be a non-empty list of distinct stages among {list(built)} (the stages built "
+                         f"for these OUT_FEATURES), got {list(wanted)}")
+    return [s for s in built if s in wanted]
+
+
+def freeze_except(module: nn.Module, keep: Sequence[str]) -> None:
+    """Freeze a stem/unit like CNNBlockBase.freeze (no grads, BN -> FrozenBN), except children in ``keep``."""
+    for name, child in module.named_children():
+        if name in keep:
+            continue
+        for p in child.parameters():
+            p.requires_grad = False
+        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(child)
+        if frozen is not child:
+            setattr(module, name, frozen)
+    for p in module.parameters(recurse=False):
+        p.requires_grad = False
+
+
+class UnitSkippingResNet(ResNet):
+    """detectron2 ResNet whose units in ``skip_stages`` run per image; see the module docstring.
+
+    After each forward: ``last_executed`` maps unit name ("res3.1") -> (B,) bool, for every unit of
+    ``skip_stages`` in execution order (always-run units are all True). ``image_sizes`` (set by the
+    meta-architecture before the forward) are the unpadded (h, w) of the batch's images.
+    """
+
+    mode = "gated"  # family name (SACTClassifier.mode reads it)
+    relu_projection = False  # ReLU after a skipped unit's projection shortcut (AIG: True)
+    keep_trainable: Tuple[str, ...] = ()  # children of a unit that freezing leaves trainable
+
+    def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str],
+                 skip_stages: Sequence[str]) -> None:
+        super().__init__(stem, stages, out_features=out_features, freeze_at=0)
+        bad = [s for s in skip_stages if s not in self.stage_names]
+        if bad:
+            raise ValueError(f"stages {bad} are not built by this backbone (it has {list(self.stage_names)} "
+                             f"for OUT_FEATURES={list(out_features)})")
+        self.skip_stages = [s for s in self.stage_names if s in skip_stages]
+        self.unit_names: List[str] = [f"{s}.{j}" for s in self.skip_stages for j in range(len(getattr(self, s)))]
+        self.image_sizes: Optional[List[Tuple[int, int]]] = None
+        self.last_executed: Dict[str, torch.Tensor] = {}
+
+    # -- subclass hooks -------------------------------------------------------------------------
+    def _decide(self, name: str, block: nn.Module, x: torch.Tensor, stride: int) -> Optional[torch.Tensor]:
+        """(B,) bool: which images run unit ``name`` at inference (None: all)."""
+        raise NotImplementedError
+
+    def _train_unit(self, name: str, block: nn.Module, x: torch.Tensor, stride: int) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Training forward of unit ``name``: (output, (B,) bool executed)."""
+        raise NotImplementedError
+
+    def extra_flops(self, index: int) -> float:
+        """FLOPs of the gates / policy for image ``index`` of the last batch."""
+        return 0.0
+
+    # -- forward --------------------------------------------------------------------------------
+    def _unit_input_strides(self, name: str) -> List[int]:
+        stage = getattr(self, name)
+        out_stride = self._out_feature_strides[name]
+        first = out_stride // int(stage[0].stride)
+        return [first] + [out_stride] * (len(stage) - 1)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        assert x.dim() == 4, f"{type(self).__name__} takes (N,C,H,W), got {tuple(x.shape)}"
+        outputs: Dict[str, torch.Tensor] = {}
+        executed: Dict[str, torch.Tensor] = {}
+        x = self.stem(x)
+        for name, stage in zip(self.stage_names, self.stages):
+            if name not in self.skip_stages:
+                x = stage(x)
+            else:
+                for j, (block, stride) in enumerate(zip(stage, self._unit_input_strides(name))):
+                    unit = f"{name}.{j}"
+                    if self.training:
+                        x, ran = self._train_unit(unit, block, x, stride)
+                    else:
+                        ran = self._decide(unit, block, x, stride)
+                        if ran is None:
+                            ran = torch.ones(x.shape[0], dtype=torch.bool, device=x.device)
+                        x = execute_per_image(block, x, ran, self.relu_projection)
+                    executed[unit] = ran.detach().bool()
+            if name in self._out_features:
+                outputs[name] = x
+        self.last_executed = executed
+        return outputs
+
+    # -- per-image records ----------------------------------------------------------------------
+    @property
+    def last_ponder(self) -> dict:
+        """No SACT stages: the SACT meta-architecture adds no ponder loss or ponder maps."""
+        return {}
+
+    def executed_matrix(self) -> torch.Tensor:
+        """(B, U) bool of the last forward, columns in ``unit_names`` order."""
+        return torch.stack([self.last_executed[n] for n in self.unit_names], dim=1)
+
+    def image_outputs(self, index: int) -> dict:
+        """Per-image extra outputs: {"unit_policy": {unit name: executed}} (ordered like ``unit_names``)."""
+        return {"unit_policy": {n: bool(self.last_executed[n][index]) for n in self.unit_names}}
+
+    def image_stage_flops(self, image_hw: Sequence[int], index: int = 0) -> Dict[str, float]:
+        """{"stem", <stage>..., "extra" (gates / policy)}: FLOPs of image ``index`` of the last forward."""
+        out: Dict[str, float] = {}
+        out["stem"], hw = stem_flops(self.stem, (int(image_hw[0]), int(image_hw[1])))
+        for name, stage in zip(self.stage_names, self.stages):
+            out[name] = 0.0
+            for j, block in enumerate(stage):
+                ran = self.last_executed.get(f"{name}.{j}")
+                f, hw = unit_flops(block, hw, executed=True if ran is None else bool(ran[index]))
+                out[name] += f
+        out["extra"] = self.extra_flops(index)
+        return out
+
+    def image_flops(self, image_hw: Sequence[int], index: int = 0) -> float:
+        """Backbone FLOPs of image ``index`` of the last forward on its own (unpadded) size."""
+        return sum(self.image_stage_flops(image_hw, index).values())
+
+    def freeze(self, freeze_at: int = 0) -> "UnitSkippingResNet":
+        """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; gates stay trainable."""
+        if freeze_at >= 1:
+            freeze_except(self.stem, ())
+        for idx, stage in enumerate(self.stages, start=2):
+            if freeze_at >= idx:
+                for block in stage.children():
+                    freeze_except(block, self.keep_trainable)
+        return self

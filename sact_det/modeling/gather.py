@@ -1,0 +1,168 @@
+"""Gather -> GEMM -> scatter kernels of one image of a residual unit (used by :mod:`.sparse`).
+
+A map is seen as a positions x channels matrix (:class:`MapView`): rows of a channels-last
+tensor, or columns of an NCHW one. The first conv runs on the 3x3-dilated mask, the others on
+the active mask; a 3x3 conv on n positions is one GEMM over the im2col matrix (n, 9*C_in)
+whose rows are gathered from the conv1 output kept channel-last with one extra zero row that
+stands for the zero padding (and for positions outside the dilated mask, which are never read).
+Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers.
+"""
+from typing import Dict, Iterator, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from .fold import FoldedConv, FoldedUnit
+
+__all__ = ["MapView", "Scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image"]
+
+CHUNK_ROWS = 1024  # positions per chunk: bounds the scratch memory, keeps a chunk in cache
+
+
+class Scratch:
+    """Scratch buffers of one call, reused across chunks and images (one flat allocation per name)."""
+
+    def __init__(self, like: torch.Tensor) -> None:
+        self.like = like
+        self.store: Dict[str, torch.Tensor] = {}
+
+    def get(self, name: str, *shape: int) -> torch.Tensor:
+        n = 1
+        for s in shape:
+            n *= s
+        buf = self.store.get(name)
+        if buf is None or buf.numel() < n:
+            buf = self.store[name] = self.like.new_empty(n)
+        return buf[:n].view(shape)
+
+
+class MapView:
+    """One image's (C,H,W) map as a positions x channels matrix; gathers and scatters positions."""
+
+    def __init__(self, t: torch.Tensor) -> None:
+        c, h, w = t.shape
+        self.rows = not t.is_contiguous()  # channels-last: (H*W, C) rows, else (C, H*W) columns
+        self.mat = t.permute(1, 2, 0).view(h * w, c) if self.rows else t.view(c, h * w)
+        self.channels = c
+
+    def gather(self, idx: torch.Tensor, buf: str, ws: Scratch) -> torch.Tensor:
+        """(k, C) values at flat positions ``idx``, in scratch buffer ``buf`` (transposed view for NCHW)."""
+        if self.rows:
+            return torch.index_select(self.mat, 0, idx, out=ws.get(buf, idx.numel(), self.channels))
+        return torch.index_select(self.mat, 1, idx, out=ws.get(buf, self.channels, idx.numel())).t()
+
+    def gather_plain(self, idx: torch.Tensor) -> torch.Tensor:
+        """(k, C) values at flat positions ``idx`` in a new tensor (transposed view for NCHW)."""
+        return self.mat.index_select(0, idx) if self.rows else self.mat.index_select(1, idx).t()
+
+    def scatter(self, idx: torch.Tensor, values: torch.Tensor) -> None:
+        """Write ``values`` (k, C) at flat positions ``idx``."""
+        if self.rows:
+            self.mat.index_copy_(0, idx, values)
+        else:
+            self.mat.index_copy_(1, idx, values.t())
+
+    def all_rows(self) -> torch.Tensor:
+        return self.mat if self.rows else self.mat.t()
+
+
+def _chunks(n: int) -> Iterator[Tuple[int, int]]:
+    """Balanced [start, end) ranges of at most ``CHUNK_ROWS`` covering range(n)."""
+    parts = max(1, -(-n // CHUNK_ROWS))
+    step = max(1, -(-n // parts))
+    for s in range(0, n, step):
+        yield s, min(n, s + step)
+
+
+def dilate(m: torch.Tensor, d: int) -> torch.Tensor:
+    """(B,H,W) bool -> positions with an active one among their 3x3 neighbours at dilation ``d``."""
+    B, H, W = m.shape
+    p = m.new_zeros(B, H + 2 * d, W + 2 * d)
+    p[:, d: d + H, d: d + W] = m
+    r = p[:, :, :W] | p[:, :, d: d + W] | p[:, :, 2 * d: 2 * d + W]
+    return r[:, :H] | r[:, d: d + H] | r[:, 2 * d: 2 * d + H]
+
+
+def _offsets(w_pad: int, dilation: int, device: torch.device, k2: int = 9) -> torch.Tensor:
+    """Flat offsets (k2,) of the 3x3 (k2=9) or 1x1 (k2=1) neighbours in rows of length ``w_pad``,
+    order (ky, kx)."""
+    if k2 == 1:
+        return torch.zeros(1, dtype=torch.long, device=device)
+    r = torch.arange(-1, 2, device=device) * dilation
+    return (r[:, None] * w_pad + r[None, :]).reshape(-1)
+
+
+def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 9) -> Tuple[torch.Tensor, ...]:
+    """Index sets of one image; m, dm: (H,W) bool active and dilated masks.
+
+    Returns aidx (N,) flat active positions; didx (Nd,) flat dilated positions, the N active ones
+    first; nbr (N,k2) the didx-row of each active position's 3x3 (or 1x1) neighbours at ``dilation``
+    (Nd for a neighbour outside the map); ppos (Nd,) flat positions of didx in the map zero-padded
+    by ``dilation``.
+    """
+    H, W = m.shape
+    aidx = m.reshape(-1).nonzero().squeeze(1)
+    didx = torch.cat([aidx, (dm & ~m).reshape(-1).nonzero().squeeze(1)])
+    nd, p = didx.numel(), dilation
+    ppos = didx + (didx // W) * (2 * p) + (p * (W + 2 * p) + p)
+    lut = torch.full(((H + 2 * p) * (W + 2 * p),), nd, dtype=torch.long, device=m.device)
+    lut[ppos] = torch.arange(nd, device=m.device)
+    nbr = lut.index_select(0, (ppos[: aidx.numel(), None] + _offsets(W + 2 * p, p, m.device, k2)).view(-1))
+    return aidx, didx, nbr.view(-1, k2), ppos
+
+
+def _conv3x3_rows(c: FoldedConv, src: torch.Tensor, nbr: torch.Tensor, out: torch.Tensor, ws: Scratch) -> None:
+    """out (n,C_out) = relu(conv(src)) at n positions; src (R,C_in) channel-last rows, nbr (n,9) row ids."""
+    n, c_in = nbr.shape[0], src.shape[1]
+    col = torch.index_select(src, 0, nbr.reshape(-1), out=ws.get("col", n * 9, c_in)).view(n, -1)
+    if c.groups == 1:  # col: (n, 9*C_in) ordered (ky, kx, c_in), like c.mat
+        torch.addmm(c.bias, col, c.mat.t(), out=out).relu_()
+        return
+    g = c.groups
+    col = col.view(n, 9, g, c_in // g).permute(2, 0, 1, 3).reshape(g, n, -1)
+    w = c.mat.view(g, -1, col.shape[2]).transpose(1, 2)  # (g, 9*C_in/g, C_out/g)
+    out.copy_(torch.bmm(col, w).permute(1, 0, 2).reshape(n, -1)).add_(c.bias).relu_()
+
+
+def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, out: MapView, ws: Scratch) -> None:
+    """out[aidx] = relu(h @ c.mat^T + bias + x[aidx]): the last conv as a GEMM over h (n,K), + identity."""
+    y = x.gather(aidx, "res", ws)
+    torch.addmm(y, h, c.mat.t(), out=y)
+    out.scatter(aidx, y.add_(c.bias).relu_())
+
+
+def bottleneck_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: torch.Tensor,
+                     ws: Scratch) -> None:
+    """One image of a bottleneck unit: writes the active positions of ``out``; m, dm (H,W) bool."""
+    c1, c2, c3 = f.convs
+    aidx, didx, nbr, _ = neighbour_index(m, dm, c2.dilation)
+    n, nd = aidx.numel(), didx.numel()
+    h1 = x.mat.new_empty(nd + 1, c1.mat.shape[0])  # conv1 on the dilated mask, channel-last, + zero row
+    for s, e in _chunks(nd):
+        torch.addmm(c1.bias, x.gather(didx[s:e], "res", ws), c1.mat.t(), out=h1[s:e]).relu_()
+    h1[nd].zero_()
+    for s, e in _chunks(n):
+        h2 = ws.get("h2", e - s, c2.mat.shape[0])
+        _conv3x3_rows(c2, h1, nbr[s:e], h2, ws)
+        _last_conv(c3, h2, x, aidx[s:e], out, ws)
+
+
+def basic_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: torch.Tensor, ws: Scratch) -> None:
+    """One image of a basic unit (3x3 -> 3x3); same arguments as :func:`bottleneck_image`."""
+    c1, c2 = f.convs
+    H, W = m.shape
+    aidx, didx, nbr, ppos = neighbour_index(m, dm, 1)
+    n, nd, hw = aidx.numel(), didx.numel(), H * W
+    src = x.mat.new_empty(hw + 1, x.channels)  # the state as channel-last rows + a zero row (padding)
+    src[:hw].copy_(x.all_rows())
+    src[hw].zero_()
+    lut = F.pad(torch.arange(hw, device=src.device).view(1, H, W), (1, 1, 1, 1), value=hw).reshape(-1)
+    nbr_in = lut[ppos[:, None] + _offsets(W + 2, 1, src.device)]  # (Nd, 9) rows of src
+    h1 = src.new_empty(nd + 1, c1.mat.shape[0])
+    for s, e in _chunks(nd):
+        _conv3x3_rows(c1, src, nbr_in[s:e], h1[s:e], ws)
+    h1[nd].zero_()
+    del src
+    for s, e in _chunks(n):
+        col = torch.index_select(h1, 0, nbr[s:e].reshape(-1), out=ws.get("col", (e - s) * 9, h1.shape[1]))
+        _last_conv(c2, col.view(e - s, -1), x, aidx[s:e], out, ws)

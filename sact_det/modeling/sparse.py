@@ -1,0 +1,136 @@
+"""Sparse SACT inference: a residual unit costs time only at its active positions.
+
+``sparse_unit_forward(folded, x, active)`` returns ``torch.where(active, block(x), x)`` (the
+masked dense path) up to fp32 round-off, but computes the unit only where it is needed:
+the first conv on the 3x3-dilated active mask (its 3x3 neighbour reads it; for a basic unit
+the first conv is itself 3x3 and reads the state, available everywhere), the other convs on
+the active mask. Per image: gather the needed positions -> one GEMM per conv (3x3 convs as
+an im2col of the active positions) -> scatter into the output (kernels in :mod:`.gather`).
+Pure PyTorch, BN folded (:mod:`.fold`), eval only. Whole-image (ACT) masks and images above
+``max_density`` run the dense folded unit, empty images are skipped. Channels-last inputs are
+faster than NCHW ones (whole rows of C values are gathered instead of strided columns).
+The halting branch and the output accumulation have sparse versions in :mod:`.sparse_halting`.
+"""
+import weakref
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+from .fold import FoldedUnit, dense_folded_forward, fold_unit
+from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
+
+__all__ = [
+    "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "choose_execution", "execute_unit", "cached_fold",
+    "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
+]
+
+# Break-even active fraction of the gather kernel vs. the dense folded unit, measured by
+# tools/benchmark_sparse.py (res4 bottleneck, 1x1024x50x84, fp32, 2 threads, blob masks).
+SPARSE_MAX_DENSITY = 0.6
+EXECUTION_MODES = ("dense", "sparse", "auto")
+
+
+def choose_execution(mode: str, density: float, max_density: float = SPARSE_MAX_DENSITY) -> bool:
+    """True when a unit whose active fraction is ``density`` should run the sparse kernel.
+
+    mode: cfg.MODEL.SACT.EXECUTION ("dense" | "sparse" | "auto"); auto is sparse below ``max_density``.
+    """
+    if mode == "dense":
+        return False
+    if mode == "sparse":
+        return True
+    if mode == "auto":
+        return density < max_density
+    raise ValueError(f"cfg.MODEL.SACT.EXECUTION must be one of {EXECUTION_MODES}, got {mode!r}")
+
+
+_FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, FoldedUnit]]" = weakref.WeakKeyDictionary()
+
+
+def cached_fold(block: nn.Module) -> FoldedUnit:
+    """``fold_unit(block)``, cached per block; refolded when a conv / norm tensor of the block changed
+    (``load_state_dict``, ``.to()``, in-place updates all change ``data_ptr`` or ``_version``)."""
+    tensors = [t for n in ("conv1", "conv2", "conv3") if hasattr(block, n)
+               for t in (*getattr(block, n).parameters(), *getattr(block, n).buffers())]
+    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+    hit = _FOLD_CACHE.get(block)
+    if hit is None or hit[0] != key:
+        hit = _FOLD_CACHE[block] = (key, fold_unit(block))
+    return hit[1]
+
+
+def execute_unit(block: nn.Module, x: torch.Tensor, active: torch.Tensor, mode: str = "auto",
+                 max_density: float = SPARSE_MAX_DENSITY, folded: Optional[FoldedUnit] = None,
+                 inplace: bool = False) -> torch.Tensor:
+    """``torch.where(active, block(x), x)`` for unit ``l >= 1`` at inference, executed per ``mode``.
+
+    x: (B,C,H,W); active: (B,1,H,W) or (B,1,1,1) bool. "dense" runs the block everywhere and
+    masks; "sparse" / "auto" fold the block (or use ``folded``) and call
+    :func:`sparse_unit_forward`, which picks dense or gather per image (auto: by ``max_density``).
+    Without ``folded``, the fold is cached per block (:func:`cached_fold`). ``inplace``: see
+    :func:`sparse_unit_forward` (safe when the caller no longer needs the old state).
+    """
+    if not choose_execution(mode, 0.0, max_density):
+        return torch.where(active, block(x), x)
+    folded = cached_fold(block) if folded is None else folded
+    md = max_density if mode == "auto" else 1.0
+    return sparse_unit_forward(folded, x, active, max_density=md, inplace=inplace)
+
+
+def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:
+    if not isinstance(folded, FoldedUnit):
+        raise TypeError(f"sparse_unit_forward: expected a FoldedUnit (see fold_unit), got {type(folded).__name__}")
+    if x.dim() != 4 or x.shape[1] != folded.channels:
+        raise ValueError(f"sparse_unit_forward: x must be (B,{folded.channels},H,W), got {tuple(x.shape)}")
+    if active.dtype != torch.bool or active.dim() != 4 or active.shape[:2] != (x.shape[0], 1) \
+            or active.shape[2:] not in ((1, 1), x.shape[2:]):
+        raise ValueError(f"sparse_unit_forward: active must be bool (B,1,H,W) or (B,1,1,1) for x "
+                         f"{tuple(x.shape)}, got {active.dtype} {tuple(active.shape)}")
+    if torch.is_grad_enabled() and x.requires_grad:
+        raise RuntimeError("sparse_unit_forward is inference-only (x requires grad); use the masked dense path")
+
+
+def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor,
+                        max_density: float = 1.0, inplace: bool = False) -> torch.Tensor:
+    """``torch.where(active, block(x), x)`` computed only where needed.
+
+    x: (B,C,H,W) float; active: (B,1,H,W) bool, or (B,1,1,1) for ACT (whole image on/off).
+    Images with no active position are copied (if no image is active, ``x`` itself is returned);
+    images with active fraction >= ``max_density`` (and whole-image masks) run the dense folded
+    unit; the rest run the gather kernel (``max_density > 1`` forces it even for full images).
+    ``inplace=True`` lets the result be written into ``x`` (if x is NCHW- or channels-last-
+    contiguous; x must not be used afterwards). Returns (B,C,H,W), in the memory format of x
+    when the gather kernel ran. Channels-last is faster (gathers and scatters
+    whole rows of C values instead of strided columns).
+    """
+    _check(folded, x, active)
+    B, C, H, W = x.shape
+    whole = active.shape[2:] == (1, 1)
+    frac = active.reshape(B, -1).float().mean(1).tolist()
+    if not any(frac):
+        return x
+    dense_ids = [b for b, d in enumerate(frac) if d > 0 and (whole or d >= max_density)]
+    sparse_ids = [b for b, d in enumerate(frac) if 0 < d and not (whole or d >= max_density)]
+    if len(dense_ids) == B:  # every image runs densely: no copy of x, no per-image indexing
+        y = dense_folded_forward(folded, x)
+        return y if min(frac) == 1.0 else torch.where(active, y, x, out=y)
+    if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
+        x = x.contiguous()
+    out = x if inplace else x.clone()  # same memory format as x
+    if dense_ids:
+        ids = torch.tensor(dense_ids, device=x.device)
+        xd = x.index_select(0, ids)
+        y = dense_folded_forward(folded, xd)
+        if any(frac[b] < 1.0 for b in dense_ids):
+            y = torch.where(active.index_select(0, ids), y, xd)
+        out.index_copy_(0, ids, y)
+    if sparse_ids:
+        run = bottleneck_image if folded.kind == "bottleneck" else basic_image
+        m = active[sparse_ids, 0]
+        dm = dilate(m, folded.convs[1].dilation)
+        ws = Scratch(x)
+        for i, b in enumerate(sparse_ids):
+            view = MapView(out[b])  # read and written in place: every position is read before it is written
+            run(folded, view, view, m[i], dm[i], ws)
+    return out

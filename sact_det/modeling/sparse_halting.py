@@ -1,0 +1,153 @@
+"""Sparse inference for the rest of a SACT step: the halting score and the output accumulation.
+
+After unit ``l >= 1`` ran on the active mask, only active positions need a halting score (the
+halting arithmetic ignores the others) and only they get a nonzero weight ``p^l``. So:
+
+* :func:`sparse_halting` evaluates a :class:`SpatialHalting` branch at the active positions
+  without materializing the normalized map: one pass for the per-channel mean / variance (global
+  pooling and GroupNorm statistics are over the whole map), one skinny GEMM for the k*k conv
+  taps of every position, and a gather-sum of the taps at the active positions (0 elsewhere).
+  It is also several times faster than the dense branch with every position active.
+* :func:`masked_accumulate_` adds ``weight * x`` into ``out`` at the active positions only.
+
+Both equal the dense computation (``halting(x)`` at active positions; ``out + weight * x``)
+up to fp32 round-off. Eval only, no autograd.
+"""
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectron2.layers import FrozenBatchNorm2d
+
+from .gather import MapView, _offsets, dilate, neighbour_index
+from .halting import SpatialHalting
+
+__all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
+
+GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
+
+
+def _channel_affine(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(a, d) with norm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel map statistics."""
+    B, C = mean.shape
+    if isinstance(norm, nn.Identity):
+        return torch.ones_like(mean), torch.zeros_like(mean)
+    if isinstance(norm, nn.GroupNorm):
+        g = norm.num_groups
+        m64, v64 = mean.double().view(B, g, -1), var.double().view(B, g, -1)
+        gm = m64.mean(2, keepdim=True)
+        gv = (v64 + m64 ** 2).mean(2, keepdim=True) - gm ** 2  # E[x^2] - E[x]^2 over the group
+        rstd = torch.rsqrt(gv.clamp_min(0) + norm.eps).expand(B, g, C // g).reshape(B, C)
+        gm = gm.expand(B, g, C // g).reshape(B, C)
+        w = norm.weight.double() if norm.weight is not None else 1.0
+        b = norm.bias.double() if norm.bias is not None else 0.0
+        a = rstd * w
+        return a.to(mean.dtype), (b - gm * a).to(mean.dtype)
+    if isinstance(norm, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm)) and not norm.training:
+        a = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
+        return a.expand(B, C), (norm.bias - norm.running_mean * a).expand(B, C)
+    raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
+
+
+def _channel_stats(x: MapView, chunk: int = 512) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean and (biased) variance over all positions of one map: (C,), (C,).
+
+    One pass in chunks of positions through a small reused buffer (much faster on CPU than
+    ``torch.var_mean`` over the spatial dims); sums are accumulated in float64.
+    """
+    rows = x.all_rows()  # (HW, C), possibly a transposed view
+    n, c = rows.shape
+    s1 = torch.zeros(c, dtype=torch.float64, device=rows.device)
+    s2 = torch.zeros_like(s1)
+    buf = rows.new_empty(min(chunk, n) * c)
+    for s in range(0, n, chunk):
+        part = rows[s: s + chunk]
+        sq = torch.mul(part, part, out=buf[: part.numel()].view(part.shape) if x.rows else
+                       buf[: part.numel()].view(part.shape[1], part.shape[0]).t())
+        s1 += part.sum(0)
+        s2 += sq.sum(0)
+    mean = s1 / n
+    return mean.to(rows.dtype), (s2 / n - mean ** 2).clamp_min(0).to(rows.dtype)
+
+
+def supports_sparse_halting(halting: nn.Module) -> bool:
+    """Whether :func:`sparse_halting` handles this halting branch (else call the branch densely)."""
+    if not isinstance(halting, SpatialHalting):
+        return False
+    k = halting.local_conv.kernel_size
+    ok_norm = isinstance(halting.local_norm, (nn.Identity, nn.GroupNorm, FrozenBatchNorm2d, nn.BatchNorm2d))
+    conv = halting.local_conv
+    return k in ((1, 1), (3, 3)) and conv.dilation == (1, 1) and conv.stride == (1, 1) \
+        and conv.padding == (k[0] // 2, k[1] // 2) and ok_norm and not halting.training
+
+
+def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Halting score at the active positions: x (B,C,H,W), active (B,1,H,W) bool or None (all positions)
+    -> h (B,1,H,W), 0 where not active.
+
+    norm(x) = a*x + d per channel (GroupNorm: a, d from the map statistics), so the kxk conv of the
+    zero-padded norm(x) at p is sum over in-map neighbours q_k of (taps[q_k, k] + e_k), with
+    taps = x_rows @ (w*a) (one skinny GEMM over the map) and e_k = sum_c w[c,k] d[c].
+    """
+    if not supports_sparse_halting(halting):
+        raise ValueError(f"sparse_halting: unsupported halting branch {halting}")
+    B, C, H, W = x.shape
+    hw, conv = H * W, halting.local_conv
+    views = [MapView(x[b]) for b in range(B)]
+    stats = [_channel_stats(v) for v in views]  # one pass over each map
+    mean = torch.stack([st[0] for st in stats])  # (B,C)
+    glob = halting.global_conv(halting.global_norm(mean.view(B, C, 1, 1))).view(B)  # as the dense branch
+    a, d = _channel_affine(halting.local_norm, mean, torch.stack([st[1] for st in stats]))
+    k2 = conv.kernel_size[0] * conv.kernel_size[1]
+    w = conv.weight.reshape(C, k2)
+    p = conv.padding[0]
+    lut = F.pad(torch.arange(hw, device=x.device).view(1, H, W), (p, p, p, p), value=hw).reshape(-1)
+    offs = _offsets(W + 2 * p, 1, x.device, k2)
+    h = x.new_zeros(B, hw)
+    for b in range(B):
+        wa, const = w * a[b][:, None], (w * d[b][:, None]).sum(0)  # const: the norm's shift through the conv
+        m = None if active is None else active[b, 0]
+        if m is not None and float(m.float().mean()) < GATHER_TAPS_BELOW:
+            # few active positions: taps only on the dilated mask (rows gathered), neighbours in that order
+            aidx, didx, nbr, _ = neighbour_index(m, dilate(m[None], 1)[0] if k2 > 1 else m, 1, k2)
+            if aidx.numel() == 0:
+                continue
+            rows, outside = views[b].gather_plain(didx), didx.numel()
+        else:
+            aidx = torch.arange(hw, device=x.device) if m is None else m.reshape(-1).nonzero().squeeze(1)
+            if aidx.numel() == 0:
+                continue
+            ppos = aidx + (aidx // W) * (2 * p) + (p * (W + 2 * p) + p)
+            nbr = lut.index_select(0, (ppos[:, None] + offs).view(-1)).view(-1, k2)
+            rows, outside = views[b].all_rows(), hw
+        taps = x.new_empty(rows.shape[0] + 1, k2)  # taps[q, k] = sum_c w[c,k] a[c] x[c,q]; last row: padding
+        torch.mm(rows, wa, out=taps[:-1])
+        taps[-1].zero_()
+        z = taps.gather(0, nbr).sum(1) + (nbr < outside).to(x.dtype) @ const + (conv.bias[0] + glob[b])
+        h[b].index_copy_(0, aidx, torch.sigmoid(z))
+    return h.view(B, 1, H, W)
+
+
+def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, active: torch.Tensor,
+                       max_density: float = 0.5) -> torch.Tensor:
+    """out += weight * x, touching only active positions (weight is 0 elsewhere); in place, returns out.
+
+    out, x: (B,C,H,W) same memory format; weight: (B,1,H,W); active: (B,1,H,W) bool. Images with
+    active fraction >= ``max_density`` use one dense in-place pass.
+    """
+    B, C, H, W = x.shape
+    frac = active.reshape(B, -1).float().mean(1).tolist()
+    for b, f in enumerate(frac):
+        if f == 0:
+            continue
+        if f >= max_density:
+            out[b].addcmul_(weight[b], x[b])
+            continue
+        aidx = active[b].reshape(-1).nonzero().squeeze(1)
+        o, xv = MapView(out[b]), MapView(x[b])
+        rows = o.gather_plain(aidx)
+        rows.addcmul_(weight[b].reshape(-1).index_select(0, aidx)[:, None], xv.gather_plain(aidx))
+        o.scatter(aidx, rows)
+    return out

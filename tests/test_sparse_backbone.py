@@ -1,0 +1,79 @@
+"""EXECUTION sparse / auto give the masked dense backbone's features, ponder maps, FLOPs and detections."""
+import pytest
+import torch
+from detectron2.modeling import build_backbone
+
+from sact_det.modeling.flops import backbone_flops
+from sact_det.modeling.halting import GlobalHalting, SpatialHalting
+from tests.helpers import build_tiny_model, randomize_bn, tiny_cfg
+
+TOL = dict(atol=1e-4, rtol=1e-4)
+
+
+def _halt_partially(module: torch.nn.Module, bias: float, seed: int = 0) -> None:
+    """Random halting convs and a high bias, so that some positions (images for ACT) halt early."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, SpatialHalting):
+            m.local_conv.weight.data = torch.randn(m.local_conv.weight.shape, generator=g) * 0.3
+            m.local_conv.bias.data.fill_(bias)
+        elif isinstance(m, GlobalHalting):
+            m.global_conv.weight.data = torch.randn(m.global_conv.weight.shape, generator=g)
+            m.global_conv.bias.data.fill_(bias)
+
+
+def _run(bb, x, execution):
+    bb.set_execution(execution, 0.5)
+    with torch.no_grad():
+        out = bb(x)["res4"]
+    return out, {k: p.ponder_cost.clone() for k, p in bb.last_ponder.items()}, \
+        {k: [m.clone() for m in p.masks] for k, p in bb.last_ponder.items()}
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("depth,mode,bias", [(18, "sact", 4.0), (50, "sact", 1.5), (50, "act", -1.0)])
+def test_sparse_backbone_equals_masked_dense(depth, mode, bias, dtype):
+    torch.manual_seed(0)
+    bb = build_backbone(tiny_cfg(depth=depth, mode=mode)).eval()
+    randomize_bn(bb)
+    _halt_partially(bb, bias)
+    bb.to(dtype)
+    # images of different statistics, so that ACT halts them at different units
+    x = (torch.randn(3, 3, 96, 128) * torch.tensor([0.3, 1.0, 3.0]).view(3, 1, 1, 1)
+         + torch.tensor([-1.0, 0.0, 1.0]).view(3, 1, 1, 1)).to(dtype)
+    ref, rho, masks = _run(bb, x, "dense")
+    partial = [m for ms in masks.values() for m in ms if 0 < m.float().mean() < 1]
+    assert partial, "the test needs masks that are neither empty nor full"
+    flops_ref = [backbone_flops(bb, (96, 128), index=i) for i in range(3)]
+    # fp64: exact up to round-off. fp32: 13 random-weight units amplify round-off (features reach
+    # |x| ~ 50-400; the masked dense path itself is then ~3e-3 off an fp64 run, the sparse one closer),
+    # so the absolute tolerance is 1e-4 of the feature scale.
+    tol = dict(atol=1e-9, rtol=1e-9) if dtype == torch.float64 else dict(atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+    for execution in ("sparse", "auto"):
+        out, rho2, masks2 = _run(bb, x, execution)
+        torch.testing.assert_close(out, ref, **tol)
+        for k in rho:
+            torch.testing.assert_close(rho2[k], rho[k], **TOL)
+            assert all(torch.equal(a, b) for a, b in zip(masks2[k], masks[k]))
+        assert [backbone_flops(bb, (96, 128), index=i) for i in range(3)] == pytest.approx(flops_ref)
+
+
+def test_detector_outputs_equal_in_dense_and_sparse_mode():
+    model = build_tiny_model(depth=18).eval()
+    randomize_bn(model.backbone)
+    _halt_partially(model.backbone, 4.0)
+    g = torch.Generator().manual_seed(0)
+    inputs = [{"image": (torch.rand(3, 96, 128, generator=g) * 255), "height": 96, "width": 128}]
+    results = {}
+    for execution in ("dense", "sparse"):
+        model.backbone.set_execution(execution)
+        with torch.no_grad():
+            results[execution] = model(inputs)[0]
+    a, b = results["dense"], results["sparse"]
+    torch.testing.assert_close(b["ponder_map"], a["ponder_map"], **TOL)
+    assert b["flops"] == pytest.approx(a["flops"])
+    ia, ib = a["instances"], b["instances"]
+    assert len(ia) == len(ib)
+    torch.testing.assert_close(ib.pred_boxes.tensor, ia.pred_boxes.tensor, **TOL)
+    torch.testing.assert_close(ib.scores, ia.scores, **TOL)
+    assert torch.equal(ib.pred_classes, ia.pred_classes)

@@ -1,0 +1,150 @@
+"""tools/draw_ponder_maps.py, tools/plot_tradeoff.py and tools/benchmark_train.py on small inputs."""
+import csv
+import json
+import os
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "tools"))
+
+import benchmark_train  # noqa: E402
+import draw_ponder_maps  # noqa: E402
+import plot_tradeoff  # noqa: E402
+
+DEMO_CFG = "configs/Demo/sact_R_50_C4.yaml"
+SMALL_TEST = ["INPUT.MIN_SIZE_TEST", "96", "INPUT.MAX_SIZE_TEST", "160", "MODEL.RPN.POST_NMS_TOPK_TEST", "20"]
+
+
+# ----------------------------------------------------------------------------- plot_tradeoff
+def _write_runs(tmp_path):
+    sact = tmp_path / "sact"
+    sact.mkdir()
+    (sact / "eval_results.json").write_text(json.dumps({
+        "datasets": {"sact_demo_val": {
+            "bbox": {"AP": 40.0, "AP50": 60.0, "AP75": 41.0},
+            "flops": {"extractor_gflops_mean": 0.3, "extractor_gflops_std": 0.05, "dense_gflops_mean": 0.6,
+                      "pct_of_dense_mean": 50.0, "pct_of_dense_std": 8.0, "pct_of_r101_mean": 5.0,
+                      "pct_of_r101_std": 0.8},
+            "ponder_eval": {"total_mean": 8.0, "units_frac": 0.4}}},
+        "sact": {"mode": "sact", "tau": 0.01, "depth": 50}}))
+    dense = tmp_path / "dense"
+    dense.mkdir()
+    lines = [{"iteration": 19, "total_loss": 1.0},
+             {"iteration": 99, "bbox/AP": 42.5, "bbox/AP50": 61.0, "flops/extractor_gflops_mean": 0.6,
+              "flops/extractor_gflops_std": 0.0, "flops/pct_of_dense_mean": 100.0, "flops/pct_of_r101_mean": 10.0},
+             {"iteration": 119, "total_loss": 0.5}]
+    (dense / "metrics.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    (dense / "config.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 50\n  SACT:\n    MODE: none\n    TAU: 0.0\n")
+    return sact, dense
+
+
+def test_plot_tradeoff_table_csv_png(tmp_path, capsys):
+    sact, dense = _write_runs(tmp_path)
+    out = tmp_path / "plots" / "tradeoff"
+    rows = plot_tradeoff.main([str(sact), str(dense), "--x", "dense", "--output", str(out)])
+    assert [r["label"] for r in rows] == ["SACT R-50 tau=0.01", "dense R-50"]
+    assert rows[1]["AP"] == 42.5 and rows[1]["pct_dense"] == 100.0  # last evaluation line of metrics.json
+    with open(str(out) + ".csv") as f:
+        table = list(csv.DictReader(f))
+    assert float(table[0]["AP"]) == 40.0 and float(table[0]["pct_dense_std"]) == 8.0
+    assert float(table[0]["pct_r101"]) == 5.0 and table[1]["mode"] == "none"
+    img = Image.open(str(out) + ".png")
+    assert img.size[0] > 400 and np.asarray(img).std() > 0
+    printed = capsys.readouterr().out
+    assert "| SACT R-50 tau=0.01 | 40.00 | 60.00 | 0.300 ± 0.050 | 0.600 | 50.0 ± 8.0 |" in printed
+
+
+def test_plot_tradeoff_paper_points_and_errors(tmp_path):
+    sact, _ = _write_runs(tmp_path)
+    rows = plot_tradeoff.main([str(sact), "--paper", "--labels", "mine", "--output", str(tmp_path / "p")])
+    assert rows[0]["label"] == "mine" and os.path.isfile(tmp_path / "p.png")
+    with pytest.raises(SystemExit, match="neither eval_results.json nor metrics.json"):
+        plot_tradeoff.main([str(tmp_path), "--output", str(tmp_path / "x")])
+    with pytest.raises(SystemExit, match="2 labels for 1 runs"):
+        plot_tradeoff.main([str(sact), "--labels", "a,b"])
+
+
+# ----------------------------------------------------------------------------- draw_ponder_maps
+def test_map_extent_and_input_expansion(tmp_path):
+    # 512x384 image resized to 256x192; a 12x16 map at stride 16 covers 192x256 resized = 384x512 original px
+    assert draw_ponder_maps.map_extent((12, 16), (384, 512), (192, 256), 16) == (0.0, 512.0, 384.0, 0.0)
+    for name in ("b.jpg", "a.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert draw_ponder_maps.expand_inputs([str(tmp_path)]) == [str(tmp_path / "a.png"), str(tmp_path / "b.jpg")]
+    assert draw_ponder_maps.expand_inputs([str(tmp_path / "*.jpg"), str(tmp_path / "b.jpg")]) == [str(tmp_path / "b.jpg")]
+    with pytest.raises(FileNotFoundError, match="no image matches"):
+        draw_ponder_maps.expand_inputs([str(tmp_path / "*.bmp")])
+    with pytest.raises(FileNotFoundError, match="missing.jpg"):
+        draw_ponder_maps.expand_inputs([str(tmp_path / "missing.jpg")])
+
+
+@pytest.fixture(scope="module")
+def trained_weights(tmp_path_factory):
+    """Weights of the demo SACT detector (random init) saved by the toolkit's checkpointer."""
+    from sact_det.engine.checkpoint import AtomicDetectionCheckpointer
+    from sact_det.engine.setup_config import load_config
+    from sact_det.engine.trainer import Trainer
+
+    folder = tmp_path_factory.mktemp("weights")
+    model = Trainer.build_model(load_config(DEMO_CFG))
+    AtomicDetectionCheckpointer(model, str(folder)).save("model_final")
+    return str(folder / "model_final.pth")
+
+
+def test_draw_ponder_maps_on_image_files(tmp_path, trained_weights):
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (120, 180, 3), dtype=np.uint8)).save(tmp_path / "one.jpg")
+    Image.fromarray(rng.integers(0, 255, (100, 100, 3), dtype=np.uint8)).save(tmp_path / "two.png")
+    out = tmp_path / "maps"
+    written = draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(tmp_path / "*.jpg"),
+                                     str(tmp_path / "two.png"), "--output", str(out)]
+                                    + SMALL_TEST + ["MODEL.WEIGHTS", trained_weights])
+    assert written == [str(out / "one_ponder.png"), str(out / "two_ponder.png")]
+    for path in written:
+        img = np.asarray(Image.open(path).convert("RGB"))
+        assert img.shape[1] > 1.8 * img.shape[0]  # two panels side by side
+        left, right = img[:, : img.shape[1] // 2], img[:, img.shape[1] // 2:]
+        assert left.std() > 10 and right.std() > 10
+
+
+def test_draw_ponder_maps_on_dataset_split(tmp_path, trained_weights):
+    written = draw_ponder_maps.main(["--config-file", DEMO_CFG, "--dataset", "sact_demo_tiny_val", "--num-images", "1",
+                                     "--output", str(tmp_path)] + SMALL_TEST + ["MODEL.WEIGHTS", trained_weights])
+    assert len(written) == 1 and os.path.isfile(written[0])
+
+
+def test_draw_ponder_maps_bad_inputs(tmp_path):
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    with pytest.raises(SystemExit, match=r"(?i)cannot (read|decode) image .*broken\.jpg"):
+        draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(bad), "--output", str(tmp_path)] + SMALL_TEST)
+    with pytest.raises(SystemExit, match=r"input image not found: .*nothere\.jpg"):
+        draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(tmp_path / "nothere.jpg"),
+                               "--output", str(tmp_path)])
+    with pytest.raises(SystemExit, match="no adaptive stage"):
+        draw_ponder_maps.main(["--config-file", "configs/Demo/faster_rcnn_R_50_C4.yaml", "--dataset",
+                               "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path)] + SMALL_TEST)
+
+
+# ----------------------------------------------------------------------------- benchmark_train
+def test_benchmark_train_prints_ratio(tmp_path, capsys):
+    res = benchmark_train.main(["--config-file", DEMO_CFG, "--iters", "2", "--warmup", "0", "--batches", "1",
+                                "--json", str(tmp_path / "b.json"),
+                                "DATASETS.TRAIN", '("sact_demo_tiny_train",)', "SOLVER.IMS_PER_BATCH", "2",
+                                "INPUT.MIN_SIZE_TRAIN", "(96,)", "INPUT.MAX_SIZE_TRAIN", "96"])
+    assert res["sact"]["n"] == res["dense"]["n"] == 2
+    assert res["ratio_median"] == pytest.approx(res["sact"]["median_s"] / res["dense"]["median_s"])
+    assert json.load(open(tmp_path / "b.json"))["ratio_mean"] == pytest.approx(res["ratio_mean"])
+    assert "ratio SACT / dense" in capsys.readouterr().out
+
+
+def test_benchmark_train_rejects_different_depths(tmp_path):
+    dense = tmp_path / "dense_r18.yaml"
+    dense.write_text(f'_BASE_: "{os.path.join(REPO, "configs/Demo/faster_rcnn_R_50_C4.yaml")}"\n'
+                     "MODEL:\n  RESNETS:\n    DEPTH: 18\n    RES2_OUT_CHANNELS: 64\n")
+    with pytest.raises(SystemExit, match="depths differ: 50 vs 18"):
+        benchmark_train.main(["--config-file", DEMO_CFG, "--dense-config", str(dense), "--iters", "1"])

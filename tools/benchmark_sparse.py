@@ -1,0 +1,450 @@
+#!/usr/bin/env python
+"""Benchmark sparse SACT inference against dense, side by side in one run.
+
+(a) ``--part unit``: one ResNet-50 res4 bottleneck (1024->256->256->1024) at 1x1024x50x84, fp32,
+    with spatially coherent "blob" masks (thresholded smoothed noise) at given active fractions:
+    the gather kernel ("sparse"), the auto dispatch ("auto") and the backbone's masked dense path
+    where(m, block(x), x) ("masked") against the dense unit with BN folded ("dense"), on an NCHW
+    input; and on a channels-last input, the gather kernel with a copy and in place (how a unit
+    inside a stage can run: the old state is not needed any more).
+(b) ``--part extractor``: the SACT R-50 C4 feature extractor (stem..res4) at 600x1000 on demo
+    images with the masks it produces (trained ``--weights``, or random halting convs whose shared
+    bias is calibrated to a FLOPs fraction), EXECUTION dense (masked) / sparse / auto, against
+    detectron2's dense ResNet-50 extractor with the same conv weights ("d2").
+``--memory``: peak resident memory added by two forwards (VmHWM - VmRSS before; persistent state
+made by the first call, such as cached folded weights, counts), each variant in its own
+subprocess with glibc's mmap threshold lowered so that freed blocks leave RSS.
+
+Timing: every round times every variant once, in a fresh random order; a ratio is the median
+over rounds of dense_time / variant_time from the same round. The machine load
+(``os.getloadavg``) before and after is printed, since shared machines make timings noisy;
+``--threads 1 --clock cpu`` times the CPU time of the calling thread, which other load barely changes.
+"""
+import argparse
+import gc
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import time
+from typing import Callable, Dict, List, Sequence
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+
+import sact_det  # noqa: E402,F401  (compat patches first)
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
+from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
+
+from sact_det.modeling import sparse  # noqa: E402
+
+INF = float("inf")
+CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU time of this thread; needs --threads 1)
+
+
+# ----------------------------------------------------------------------------- helpers
+def blob_mask(h: int, w: int, density: float, seed: int = 0, smooth: int = 9) -> torch.Tensor:
+    """Spatially coherent (1,1,h,w) bool mask with round(density*h*w) active positions.
+
+    White noise box-filtered twice (``smooth`` px) and thresholded at its (1 - density) quantile.
+    """
+    n = int(round(density * h * w))
+    if n >= h * w:
+        return torch.ones(1, 1, h, w, dtype=torch.bool)
+    g = torch.Generator().manual_seed(seed)
+    noise = torch.randn(1, 1, h, w, generator=g)
+    k = torch.ones(1, 1, smooth, smooth) / smooth ** 2
+    for _ in range(2):
+        noise = F.conv2d(F.pad(noise, [smooth // 2] * 4, mode="replicate"), k)
+    flat = torch.zeros(h * w, dtype=torch.bool)
+    flat[noise.flatten().argsort(descending=True)[:n]] = True
+    return flat.view(1, 1, h, w)
+
+
+def randomize_norms(module: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
+    """Give every (Frozen)BN non-trivial statistics so folding is really exercised; returns module."""
+    g = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, (FrozenBatchNorm2d, torch.nn.BatchNorm2d)):
+            c = m.num_features
+            m.weight.data = torch.rand(c, generator=g) * 0.5 + 0.5
+            m.bias.data = torch.randn(c, generator=g) * 0.1
+            m.running_mean.data = torch.randn(c, generator=g) * 0.1
+            m.running_var.data = torch.rand(c, generator=g) * 0.5 + 0.75
+    return module
+
+
+def time_rounds(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int = 2,
+                setup: Dict[str, Callable[[], object]] = None) -> Dict[str, List[float]]:
+    """Seconds per call of each fn over ``rounds`` rounds, each round in a shuffled order.
+
+    ``setup[k]``, if given, runs untimed right before each call of ``fns[k]``.
+    """
+    setup = setup or {}
+    for _ in range(warmup):
+        for k, f in fns.items():
+            setup.get(k, lambda: None)()
+            f()
+    times: Dict[str, List[float]] = {k: [] for k in fns}
+    keys, rng = list(fns), random.Random(0)
+    for _ in range(rounds):
+        rng.shuffle(keys)
+        for k in keys:
+            setup.get(k, lambda: None)()
+            t0 = CLOCK()
+            fns[k]()
+            times[k].append(CLOCK() - t0)
+    return times
+
+
+def median_ratio(base: Sequence[float], other: Sequence[float]) -> float:
+    """Median over rounds of base / other (pairs from the same round)."""
+    return statistics.median(b / o for b, o in zip(base, other))
+
+
+def load_str() -> str:
+    return "load average (1/5/15 min): " + " / ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
+def _status_kib(key: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(rf"{key}:\s+(\d+)", f.read()).group(1))
+
+
+def peak_rss_bytes(fn: Callable[[], object]) -> int:
+    """Peak RSS added while ``fn`` runs twice (the first call's lazy state, e.g. cached folded weights
+    or oneDNN primitives, counts), relative to the RSS before; via /proc/self/clear_refs."""
+    gc.collect()
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # reset VmHWM to the current RSS
+    base = _status_kib("VmRSS")
+    fn()
+    fn()
+    return (_status_kib("VmHWM") - base) * 1024
+
+
+def memory_in_subprocess(argv: List[str], spec: str) -> float:
+    """MiB reported by ``--memory-worker spec`` run in a fresh interpreter."""
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--memory-worker", spec]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PEAK ")]
+    if res.returncode != 0 or not lines:
+        raise RuntimeError(f"memory worker {spec} failed:\n{res.stderr[-2000:]}")
+    return int(lines[-1].split()[1]) / 2 ** 20
+
+
+# ----------------------------------------------------------------------------- (a) one unit
+def _unit_setup(args):
+    c, cb = 1024, 256
+    torch.manual_seed(0)
+    block = randomize_norms(BottleneckBlock(c, c, bottleneck_channels=cb, norm="FrozenBN")).eval()
+    x = torch.randn(1, c, args.height, args.width).relu_()
+    return block, sparse.fold_unit(block), x
+
+
+def _unit_fns(block, folded, x, m, max_density: float):
+    """Variants of part (a) and their untimed setups. x: (1,C,H,W) NCHW (detectron2's layout)."""
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    state = x_cl.clone()
+    fns = {
+        "dense": lambda: sparse.dense_folded_forward(folded, x),
+        "sparse": lambda: sparse.sparse_unit_forward(folded, x, m, max_density=INF),
+        "auto": lambda: sparse.sparse_unit_forward(folded, x, m, max_density=max_density),
+        "masked": lambda: torch.where(m, block(x), x),
+        "dense_cl": lambda: sparse.dense_folded_forward(folded, x_cl),
+        "sparse_cl": lambda: sparse.sparse_unit_forward(folded, x_cl, m, max_density=INF),
+        # inside a stage the state is no longer needed once the unit ran: it can be overwritten
+        "inplace_cl": lambda: sparse.sparse_unit_forward(folded, state, m, max_density=INF, inplace=True),
+    }
+    return fns, {"inplace_cl": lambda: state.copy_(x_cl)}
+
+
+def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> float:
+    """FLOPs sparse / dense for a bottleneck: conv1 on the dilated mask, conv2 + conv3 on the mask."""
+    n, nd = int(mask.sum()), int((F.max_pool2d(mask.float(), 3, 1, 1) > 0).sum())
+    return (nd * c * cb + n * (9 * cb * cb + cb * c)) / (mask.numel() * (2 * c * cb + 9 * cb * cb))
+
+
+def bench_unit(args, argv: List[str]) -> None:
+    block, folded, x = _unit_setup(args)
+    h, w = args.height, args.width
+    print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, "
+          f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}")
+    print(f"    before: {load_str()}")
+    rows = []
+    with torch.no_grad():
+        for d in args.densities:
+            m = blob_mask(h, w, d, seed=1)
+            fns, setup = _unit_fns(block, folded, x, m, args.max_density)
+            rows.append((d, unit_flop_fraction(m), time_rounds(fns, args.rounds, setup=setup)))
+    print(f"    after:  {load_str()}")
+    print("NCHW input (detectron2's layout); speedup = median over rounds of dense folded time / time")
+    print("| active | FLOPs sparse/dense | dense folded ms | sparse ms (speedup) | auto ms (speedup) "
+          "| masked dense ms (speedup) |")
+    print("|---|---|---|---|---|---|")
+    for d, ff, t in rows:
+        cells = [f"{statistics.median(t[k]) * 1e3:.1f} ({median_ratio(t['dense'], t[k]):.2f}x)"
+                 for k in ("sparse", "auto", "masked")]
+        print(f"| {d * 100:.0f} % | {ff:.3f} | {statistics.median(t['dense']) * 1e3:.1f} | " + " | ".join(cells) + " |")
+    print("channels-last input; speedup vs the dense folded unit on the same channels-last input")
+    print("| active | dense folded ms | sparse ms (speedup) | sparse in place ms (speedup) |")
+    print("|---|---|---|---|")
+    for d, ff, t in rows:
+        cells = [f"{statistics.median(t[k]) * 1e3:.1f} ({median_ratio(t['dense_cl'], t[k]):.2f}x)"
+                 for k in ("sparse_cl", "inplace_cl")]
+        print(f"| {d * 100:.0f} % | {statistics.median(t['dense_cl']) * 1e3:.1f} | " + " | ".join(cells) + " |")
+    if args.memory:
+        print("peak memory added by two unit forwards incl. lazy state (MiB, own subprocess each):")
+        kinds = ("dense", "sparse", "masked", "dense_cl", "sparse_cl", "inplace_cl")
+        print("| active | " + " | ".join(kinds) + " |")
+        print("|---|" + "---|" * len(kinds))
+        for d in args.densities:
+            mem = [memory_in_subprocess(argv, f"unit:{k}:{d}") for k in kinds]
+            print(f"| {d * 100:.0f} % | " + " | ".join(f"{v:.1f}" for v in mem) + " |")
+
+
+# ----------------------------------------------------------------------------- (b) extractor
+def _extractors(args):
+    """(cfg, SACT backbone, detectron2 dense ResNet backbone with the same conv weights), eval mode."""
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling import build_backbone, build_model
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from sact_det.config import get_sact_cfg
+
+    cfg = get_sact_cfg()
+    cfg.merge_from_file(args.config)
+    cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", args.weights
+    torch.manual_seed(0)
+    if args.weights:
+        model = build_model(cfg)
+        DetectionCheckpointer(model).load(args.weights)
+        sact_bb = model.backbone
+    else:
+        sact_bb = build_backbone(cfg)
+    dense_bb = build_resnet_backbone(cfg, ShapeSpec(channels=3))
+    dense_bb.load_state_dict({k: v for k, v in sact_bb.state_dict().items() if ".halting." not in k}, strict=True)
+    return cfg, sact_bb.eval(), dense_bb.eval()
+
+
+def fold_all_norms(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with every detectron2 Conv2d's (Frozen)BN folded into it (a faster dense baseline)."""
+    import copy
+
+    from detectron2.layers import Conv2d
+
+    from sact_det.modeling.fold import _norm_scale_shift
+
+    model = copy.deepcopy(model)
+    for name, m in model.named_modules():
+        if isinstance(m, Conv2d) and m.norm is not None:
+            scale, shift = _norm_scale_shift(m.norm, m.out_channels, name)
+            if m.bias is not None:
+                shift = shift + m.bias.detach() * scale
+            m.weight = torch.nn.Parameter(m.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
+            m.bias = torch.nn.Parameter(shift, requires_grad=False)
+            m.norm = None
+    return model
+
+
+def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Tensor]:
+    """The first ``n`` images of sact_demo_val, resized to ``hw``, normalized: (1,3,H,W) each."""
+    from detectron2.data import DatasetCatalog
+    from detectron2.data.detection_utils import read_image
+
+    from sact_det.data import demo
+
+    if "sact_demo_val" not in DatasetCatalog:  # normally registered by importing sact_det
+        demo.register_demo_datasets()
+    mean = torch.tensor(cfg.MODEL.PIXEL_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(cfg.MODEL.PIXEL_STD).view(1, 3, 1, 1)
+    out = []
+    for r in DatasetCatalog.get("sact_demo_val")[:n]:
+        img = torch.as_tensor(read_image(r["file_name"], format=cfg.INPUT.FORMAT).copy()).permute(2, 0, 1).float()
+        img = (F.interpolate(img[None], size=tuple(hw), mode="bilinear", align_corners=False) - mean) / std
+        out.append(img.contiguous(memory_format=torch.channels_last) if channels_last else img)
+    return out
+
+
+def _flop_fraction(sact_bb, images, hw, dense_flops: float) -> float:
+    """Mean over images of SACT extractor FLOPs (from the masks it used) / dense FLOPs."""
+    from sact_det.modeling.flops import backbone_flops
+
+    fr = []
+    with torch.no_grad():
+        for img in images:
+            sact_bb(img)
+            fr.append(backbone_flops(sact_bb, hw) / dense_flops)
+    return statistics.mean(fr)
+
+
+def set_halting(sact_bb, bias: float, gain: float = 3.0, seed: int = 0) -> None:
+    """Untrained model: random 3x3 halting convs (logit std ~ ``gain``), no global term, shared ``bias``."""
+    from sact_det.modeling.halting import SpatialHalting
+
+    g = torch.Generator().manual_seed(seed)
+    heads = [m for m in sact_bb.modules() if isinstance(m, SpatialHalting)]
+    if not heads:
+        raise ValueError("set_halting: no SpatialHalting branch in the backbone (needs cfg.MODEL.SACT.MODE sact)")
+    for hd in heads:
+        w = hd.local_conv.weight
+        w.data = torch.randn(w.shape, generator=g) * gain / w[0].numel() ** 0.5
+        hd.local_conv.bias.data.fill_(bias)
+        hd.global_conv.weight.data.zero_()
+
+
+def calibrate_halting(sact_bb, images, hw, dense_flops: float, target: float, steps: int = 10) -> float:
+    """Bisect the shared halting bias so the mean FLOPs fraction on ``images`` is ``target``; returns bias."""
+    lo, hi = -10.0, 10.0
+    sact_bb.set_execution("auto", sparse.SPARSE_MAX_DENSITY)
+    for _ in range(steps):
+        set_halting(sact_bb, (lo + hi) / 2)
+        if _flop_fraction(sact_bb, images, hw, dense_flops) > target:
+            lo = (lo + hi) / 2
+        else:
+            hi = (lo + hi) / 2
+    set_halting(sact_bb, (lo + hi) / 2)
+    return (lo + hi) / 2
+
+
+def _extractor_fns(sact_bb, dense_bb, images, max_density: float) -> Dict[str, Callable[[], object]]:
+    folded_bb = fold_all_norms(dense_bb)
+
+    def run(mode: str) -> Callable[[], None]:
+        def f() -> None:
+            if mode not in ("d2", "d2_folded"):
+                sact_bb.set_execution(mode, max_density)
+            net = {"d2": dense_bb, "d2_folded": folded_bb}.get(mode, sact_bb)
+            for img in images:
+                net(img)
+        return f
+
+    return {m: run(m) for m in ("d2", "d2_folded", "dense", "sparse", "auto")}
+
+
+def bench_extractor(args, argv: List[str]) -> None:
+    from sact_det.modeling.flops import dense_backbone_flops
+
+    hw = tuple(args.image_size)
+    cfg, sact_bb, dense_bb = _extractors(args)
+    images = _demo_images(cfg, args.images, hw, args.channels_last)
+    r = cfg.MODEL.RESNETS
+    dense_flops = dense_backbone_flops(hw, depth=r.DEPTH, out_feature="res4", stride_in_1x1=r.STRIDE_IN_1X1)
+    fmt = "channels-last" if args.channels_last else "NCHW"
+    print(f"(b) SACT R-{r.DEPTH} C4 extractor vs detectron2 dense R-{r.DEPTH} (stem..res4), {len(images)} demo "
+          f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"{args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
+          f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
+    untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
+    print(f"    weights: {args.weights or untrained}")
+    results = []
+    for target in (args.target_flops if not args.weights else [None]):
+        bias = None
+        if target is not None:
+            bias = calibrate_halting(sact_bb, images[:2], hw, dense_flops, target)
+        ff = _flop_fraction(sact_bb, images, hw, dense_flops)
+        diff = 0.0
+        with torch.no_grad():
+            for img in images:
+                sact_bb.set_execution("dense")
+                ref = sact_bb(img)["res4"]
+                sact_bb.set_execution("sparse")
+                diff = max(diff, float((sact_bb(img)["res4"] - ref).abs().max() / ref.abs().max()))
+            before = load_str()
+            t = time_rounds(_extractor_fns(sact_bb, dense_bb, images, args.max_density), args.rounds_extractor, 1)
+        print(f"    halting bias {bias}: before {before}; after {load_str()}")
+        mem = {}
+        if args.memory:
+            extra = [] if bias is None else ["--halting-bias", str(bias)]
+            mem = {k: memory_in_subprocess(argv + extra, f"extractor:{k}")
+                   for k in ("d2", "d2_folded", "dense", "sparse", "auto")}
+        results.append((target, bias, ff, diff, t, mem))
+    print("time ratios: median over rounds of (SACT time / d2 time) from the same round; d2 = detectron2's dense "
+          "ResNet as it runs (FrozenBN after each conv), d2 folded = the same with BN folded into the convs")
+    print("| halting | FLOPs SACT/dense | d2 ms | d2 folded ms | SACT masked ms | SACT sparse ms | SACT auto ms "
+          "| time sparse/d2 | time auto/d2 | time saved/FLOPs saved, auto vs d2 | same vs d2 folded "
+          "| max rel diff sparse vs masked |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for target, bias, ff, diff, t, _ in results:
+        n = len(images)
+        med = {k: statistics.median(v) * 1e3 / n for k, v in t.items()}
+        ts, ta = 1 / median_ratio(t["d2"], t["sparse"]), 1 / median_ratio(t["d2"], t["auto"])
+        taf = 1 / median_ratio(t["d2_folded"], t["auto"])
+        sc = [(1 - x) / (1 - ff) if ff < 1 else float("nan") for x in (ta, taf)]
+        label = "trained" if target is None else f"bias {bias:+.2f}"
+        print(f"| {label} | {ff:.3f} | {med['d2']:.0f} | {med['d2_folded']:.0f} | {med['dense']:.0f} | "
+              f"{med['sparse']:.0f} | {med['auto']:.0f} | {ts:.3f} | {ta:.3f} | {sc[0]:.2f} | {sc[1]:.2f} "
+              f"| {diff:.1e} |")
+    if args.memory:
+        print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
+        print("| halting | d2 | d2 folded | SACT masked | SACT sparse | SACT auto |")
+        print("|---|---|---|---|---|---|")
+        for target, bias, ff, _, _, mem in results:
+            label = "trained" if target is None else f"bias {bias:+.2f}"
+            print(f"| {label} | {mem['d2']:.0f} | {mem['d2_folded']:.0f} | {mem['dense']:.0f} | {mem['sparse']:.0f} "
+                  f"| {mem['auto']:.0f} |")
+
+
+# ----------------------------------------------------------------------------- main
+def memory_worker(args) -> None:
+    """Child process of ``--memory``: print ``PEAK <bytes>`` of one forward of the variant ``spec``."""
+    part, kind, *rest = args.memory_worker.split(":")
+    with torch.no_grad():
+        if part == "unit":
+            block, folded, x = _unit_setup(args)
+            m = blob_mask(args.height, args.width, float(rest[0]), seed=1)
+            fn = _unit_fns(block, folded, x, m, args.max_density)[0][kind]
+        else:
+            cfg, sact_bb, dense_bb = _extractors(args)
+            if args.halting_bias is not None:
+                set_halting(sact_bb, args.halting_bias)
+            images = _demo_images(cfg, 1, args.image_size, args.channels_last)
+            fn = _extractor_fns(sact_bb, dense_bb, images, args.max_density)[kind]
+        print("PEAK", peak_rss_bytes(fn))
+
+
+def main(argv=None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--part", choices=["unit", "extractor", "all"], default="all")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
+                   help="cpu: CPU time of the calling thread (with --threads 1), robust to other load")
+    p.add_argument("--memory", action="store_true", help="also measure peak memory (subprocesses)")
+    p.add_argument("--max-density", type=float, default=sparse.SPARSE_MAX_DENSITY, help="auto threshold")
+    p.add_argument("--rounds", type=int, default=15, help="(a) timing rounds")
+    p.add_argument("--densities", type=float, nargs="+", default=[0.10, 0.25, 0.50, 0.75, 1.00])
+    p.add_argument("--height", type=int, default=50)
+    p.add_argument("--width", type=int, default=84)
+    p.add_argument("--config", default="configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml")
+    p.add_argument("--weights", default="", help="(b) trained SACT detector checkpoint; none: calibrated halting")
+    p.add_argument("--image-size", type=int, nargs=2, default=[600, 1000], metavar=("H", "W"))
+    p.add_argument("--images", type=int, default=4, help="(b) number of demo images (sact_demo_val)")
+    p.add_argument("--rounds-extractor", type=int, default=5)
+    p.add_argument("--channels-last", action="store_true", help="(b) channels-last input images (both sides)")
+    p.add_argument("--target-flops", type=float, nargs="+", default=[0.5, 0.7, 0.85],
+                   help="(b) untrained model: FLOPs fractions to calibrate the halting bias to")
+    p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--halting-bias", type=float, default=None, help=argparse.SUPPRESS)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    if args.clock == "cpu":
+        if args.threads != 1:
+            p.error("--clock cpu measures one thread: use it with --threads 1")
+        global CLOCK
+        CLOCK = time.thread_time
+    if args.memory_worker:
+        return memory_worker(args)
+    if args.part in ("unit", "all"):
+        bench_unit(args, argv)
+    if args.part in ("extractor", "all"):
+        bench_extractor(args, argv)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+#!/usr/bin/env python
+"""Training-iteration time of a SACT detector against the dense detector of the same depth.
+
+Both models are built from the same config (the dense one with MODEL.SACT.MODE none, or from
+--dense-config), get the same pre-loaded training batches, and are timed in one run, interleaved
+(A B B A ...) so that machine load affects both alike. One iteration = forward, backward and
+optimizer step (data loading excluded). Prints per-model median / mean seconds and the ratio.
+
+    python tools/benchmark_train.py --config-file configs/Demo/sact_R_50_C4.yaml --iters 10
+"""
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from typing import Dict, List
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sact_det  # noqa: E402,F401
+import torch  # noqa: E402
+from detectron2.utils.events import EventStorage  # noqa: E402
+
+from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
+from sact_det.engine.trainer import Trainer  # noqa: E402
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True, help="SACT (or ACT) detector config")
+    p.add_argument("--dense-config", default="", help="dense detector config (default: the same with MODE none)")
+    p.add_argument("--iters", type=int, default=10, help="timed iterations per model")
+    p.add_argument("--warmup", type=int, default=2, help="untimed iterations per model first")
+    p.add_argument("--batches", type=int, default=4, help="distinct training batches, reused cyclically")
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
+    p.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both configs")
+    return p.parse_args(argv)
+
+
+def build(cfg):
+    """(model in train mode, optimizer) as the Trainer builds them."""
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg)
+    model.train()
+    return model, Trainer.build_optimizer(cfg, model)
+
+
+def step(model, optimizer, batch) -> float:
+    """One training iteration; returns its wall time in seconds."""
+    start = time.perf_counter()
+    losses = model(batch)
+    total = sum(losses.values())
+    optimizer.zero_grad()
+    total.backward()
+    optimizer.step()
+    return time.perf_counter() - start
+
+
+def run(args) -> Dict[str, object]:
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+    opts = list(args.opts or [])
+    cfg_sact = load_config(args.config_file, opts)
+    if args.dense_config:
+        cfg_dense = load_config(args.dense_config, opts)
+    else:
+        cfg_dense = load_config(args.config_file, opts + ["MODEL.SACT.MODE", "none"])
+    if cfg_sact.MODEL.RESNETS.DEPTH != cfg_dense.MODEL.RESNETS.DEPTH:
+        raise ConfigError(f"depths differ: {cfg_sact.MODEL.RESNETS.DEPTH} vs {cfg_dense.MODEL.RESNETS.DEPTH}")
+    loader = iter(Trainer.build_train_loader(cfg_sact))
+    batches = [next(loader) for _ in range(max(1, args.batches))]
+    models = {"sact": build(cfg_sact), "dense": build(cfg_dense)}
+    times: Dict[str, List[float]] = {"sact": [], "dense": []}
+    with EventStorage(0):
+        for i in range(args.warmup + args.iters):
+            order = ["sact", "dense"] if i % 2 == 0 else ["dense", "sact"]
+            for name in order:
+                t = step(*models[name], batches[i % len(batches)])
+                if i >= args.warmup:
+                    times[name].append(t)
+    res = {name: {"median_s": statistics.median(t), "mean_s": statistics.mean(t), "n": len(t)}
+           for name, t in times.items()}
+    res["ratio_median"] = res["sact"]["median_s"] / res["dense"]["median_s"]
+    res["ratio_mean"] = res["sact"]["mean_s"] / res["dense"]["mean_s"]
+    res["config"] = args.config_file
+    res["threads"] = torch.get_num_threads()
+    res["load_avg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    return res
+
+
+def main(argv=None) -> Dict[str, object]:
+    args = parse_args(argv)
+    try:
+        res = run(args)
+    except ConfigError as e:
+        sys.exit(f"benchmark_train.py: error: {e}")
+    print(f"training iteration time ({res['sact']['n']} timed iterations each, interleaved, "
+          f"{res['threads']} threads, load average {res['load_avg']}):")
+    for name in ("sact", "dense"):
+        print(f"  {name:5s}: median {res[name]['median_s']:.3f} s   mean {res[name]['mean_s']:.3f} s")
+    print(f"  ratio SACT / dense: {res['ratio_median']:.3f}x (median), {res['ratio_mean']:.3f}x (mean)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(res, f, indent=1)
+    return res
+
+
+if __name__ == "__main__":
+    main()

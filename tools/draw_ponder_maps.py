@@ -1,0 +1,196 @@
+#!/usr/bin/env python
+"""Draw where a SACT detector spent its computation.
+
+For each image: one PNG with the image and its detections on the left and the ponder-cost heat
+map (rho summed over the adaptive stages, one cell per feature position) with a colorbar on the
+right; the title gives the image's feature-extractor FLOPs.
+
+    python tools/draw_ponder_maps.py --config-file configs/Demo/sact_R_50_C4.yaml \
+        --input photo.jpg 'more/*.jpg' --output ponder_maps MODEL.WEIGHTS model_final.pth
+    python tools/draw_ponder_maps.py --config-file CFG --dataset sact_demo_val --num-images 8 \
+        --output ponder_maps MODEL.WEIGHTS model_final.pth
+
+All maps of one call share the colour scale (override with --vmin / --vmax).
+"""
+import argparse
+import glob
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import sact_det  # noqa: E402,F401
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.data import transforms as T  # noqa: E402
+from detectron2.engine import DefaultPredictor  # noqa: E402
+
+from sact_det.data.mapper import read_image_checked  # noqa: E402
+from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
+from sact_det.engine.trainer import ensure_registered  # noqa: E402
+from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
+from sact_det.modeling.flops import backbone_flops  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config-file", required=True)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--input", nargs="+", help="image files, folders or glob patterns")
+    src.add_argument("--dataset", help="a registered dataset split, e.g. sact_demo_val")
+    p.add_argument("--num-images", type=int, default=0, help="at most this many images (0: all)")
+    p.add_argument("--output", required=True, help="output folder for the PNGs")
+    p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections above this score")
+    p.add_argument("--vmin", type=float, default=None, help="colour scale minimum (default: over all images)")
+    p.add_argument("--vmax", type=float, default=None, help="colour scale maximum (default: over all images)")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS x.pth")
+    return p.parse_args(argv)
+
+
+def expand_inputs(patterns: List[str]) -> List[str]:
+    """Files from file names, folders (their images) and glob patterns, in order, without duplicates."""
+    files: List[str] = []
+    for pat in patterns:
+        if os.path.isdir(pat):
+            found = sorted(f for f in glob.glob(os.path.join(pat, "*")) if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif any(c in pat for c in "*?["):
+            found = sorted(glob.glob(pat, recursive=True))
+        else:
+            if not os.path.isfile(pat):
+                raise FileNotFoundError(f"input image not found: {pat}")
+            found = [pat]
+        if not found:
+            raise FileNotFoundError(f"no image matches {pat!r}")
+        files.extend(f for f in found if f not in files)
+    return files
+
+
+def load_image(path: str) -> np.ndarray:
+    """(H, W, 3) uint8 BGR; FileNotFoundError / ImageReadError naming the file otherwise."""
+    return read_image_checked(path, "BGR")
+
+
+def map_extent(map_hw: Tuple[int, int], image_hw: Tuple[int, int], resized_hw: Tuple[int, int],
+               stride: int) -> Tuple[float, float, float, float]:
+    """imshow extent (left, right, bottom, top) placing each map cell over its image pixels."""
+    sy, sx = image_hw[0] / resized_hw[0], image_hw[1] / resized_hw[1]
+    return 0.0, map_hw[1] * stride * sx, map_hw[0] * stride * sy, 0.0
+
+
+def predict(cfg, files: List[str]) -> List[Dict]:
+    predictor = DefaultPredictor(cfg)
+    aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+    backbone = predictor.model.backbone
+    stages = list(getattr(backbone, "adaptive_stages", []))
+    if not stages:
+        raise ValueError(f"MODEL.SACT.MODE={cfg.MODEL.SACT.MODE!r}: the model has no adaptive stage, hence no "
+                         f"ponder map (use a SACT or ACT config)")
+    stride = int(getattr(backbone, stages[0]).stride)  # the ponder map has the first adaptive stage's grid
+    out = []
+    for path in files:
+        img = load_image(path)
+        pred = predictor(img)
+        if "ponder_map" not in pred:
+            raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} returns no ponder map "
+                             f"(use SACTRCNN)")
+        h, w = img.shape[:2]
+        resized = aug.get_transform(img).apply_image(img).shape[:2]
+        out.append({"file": path, "instances": pred["instances"].to("cpu"), "ponder_map": pred["ponder_map"].numpy(),
+                    "flops": pred["flops"], "image_hw": (h, w), "resized_hw": tuple(resized), "stride": stride})
+    return out
+
+
+def draw(record: Dict, image_rgb: np.ndarray, metadata, out_path: str, vmin: float, vmax: float,
+         score_thresh: float, dense_flops: Optional[float] = None) -> str:
+    """Write the side-by-side PNG for one image; returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from detectron2.utils.visualizer import Visualizer
+
+    inst = record["instances"]
+    inst = inst[inst.scores >= score_thresh]
+    vis = Visualizer(image_rgb, metadata=metadata, scale=1.0).draw_instance_predictions(inst).get_image()
+    h, w = record["image_hw"]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
+    axes[0].imshow(vis)
+    axes[0].set_title(f"{os.path.basename(record['file'])}: {len(inst)} detections (score >= {score_thresh:g})",
+                      fontsize=9)
+    pm = record["ponder_map"]
+    extent = map_extent(pm.shape, (h, w), record["resized_hw"], record["stride"])
+    im = axes[1].imshow(pm, cmap="viridis", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+    axes[1].set_xlim(0, w)
+    axes[1].set_ylim(h, 0)
+    gflops = record["flops"]["backbone"] / 1e9
+    title = f"ponder cost (sum over stages), feature extractor {gflops:.3g} GFLOPs"
+    if dense_flops:
+        title += f" = {100 * record['flops']['backbone'] / dense_flops:.0f} % of dense"
+    axes[1].set_title(title, fontsize=9)
+    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03, label="rho = units run + remainder")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
+    fig.savefig(out_path, dpi=100)
+    plt.close(fig)
+    return out_path
+
+
+def output_names(files: List[str], out_dir: str) -> List[str]:
+    """<out>/<stem>_ponder.png, prefixed with an index when stems repeat."""
+    stems = [os.path.splitext(os.path.basename(f))[0] for f in files]
+    dup = {s for s in stems if stems.count(s) > 1}
+    return [os.path.join(out_dir, (f"{i:04d}_" if s in dup else "") + f"{s}_ponder.png") for i, s in enumerate(stems)]
+
+
+def run(args) -> List[str]:
+    cfg = load_config(args.config_file, args.opts)
+    if args.dataset:
+        ensure_registered([args.dataset])
+        files = [d["file_name"] for d in DatasetCatalog.get(args.dataset)]
+        metadata = MetadataCatalog.get(args.dataset)
+    else:
+        files = expand_inputs(args.input)
+        metadata = MetadataCatalog.get(cfg.DATASETS.TEST[0]) if len(cfg.DATASETS.TEST) else None
+        if metadata is not None:
+            ensure_registered([cfg.DATASETS.TEST[0]])
+    if args.num_images > 0:
+        files = files[: args.num_images]
+    if not files:
+        raise FileNotFoundError("no images to draw")
+    cfg.freeze()
+    records = predict(cfg, files)
+    maps = [r["ponder_map"] for r in records]
+    vmin = args.vmin if args.vmin is not None else float(min(m.min() for m in maps))
+    vmax = args.vmax if args.vmax is not None else float(max(m.max() for m in maps))
+    if vmax <= vmin:
+        vmax = vmin + 1e-3
+
+    meta_backbone = build_meta_backbone(cfg)
+    written = []
+    for rec, out in zip(records, output_names(files, args.output)):
+        rgb = load_image(rec["file"])[:, :, ::-1]
+        dense = backbone_flops(meta_backbone, rec["resized_hw"], ponder={})
+        written.append(draw(rec, rgb, metadata, out, vmin, vmax, args.score_thresh, dense))
+    return written
+
+
+def main(argv=None) -> List[str]:
+    args = parse_args(argv)
+    try:
+        with torch.no_grad():
+            written = run(args)
+    except (ConfigError, OSError, ValueError) as e:  # OSError: missing / undecodable image files
+        sys.exit(f"draw_ponder_maps.py: error: {e}")
+    print(f"wrote {len(written)} ponder-map picture(s) to {args.output}")
+    return written
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,225 @@
+#!/usr/bin/env python
+"""AP versus feature-extractor FLOPs of several runs (SACT at several tau, dense baselines).
+
+Each RUN is a training output folder (its eval_results.json, else the last evaluation in its
+metrics.json) or an eval_results.json / metrics.json file. Writes <output>.png (AP vs FLOPs with
+the per-image FLOPs std as horizontal error bars) and <output>.csv, and prints the table.
+
+    python tools/plot_tradeoff.py output/coco/sact_R_101_C4_tau0.005_1x output/coco/faster_rcnn_R_101_C4_1x \
+        --output output/coco/tradeoff --paper
+    python tools/plot_tradeoff.py output/demo/sact_R_50_C4 output/demo/faster_rcnn_R_50_C4 --x dense
+
+--x r101 (default): % of the dense ResNet-101 extractor (the paper's axis); dense: % of the dense
+extractor of the same architecture; gflops: absolute GFLOPs per image.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+from typing import Dict, List, Optional
+
+# Published COCO results (REFERENCE.md): label, FLOPs % of the ResNet-101 extractor, std, mAP.
+PAPER_POINTS = [
+    ("paper ResNet-101", 100.0, 0.0, 29.24),
+    ("paper ResNet-50", 46.6, 0.0, 25.56),
+    ("paper SACT tau=0.005", 56.0, 8.5, 27.61),
+    ("paper SACT tau=0.001", 72.4, 8.4, 29.04),
+]
+X_AXES = {
+    "r101": ("pct_r101", "pct_r101_std", "feature-extractor FLOPs, % of dense ResNet-101"),
+    "dense": ("pct_dense", "pct_dense_std", "feature-extractor FLOPs, % of the dense same-architecture model"),
+    "gflops": ("gflops", "gflops_std", "feature-extractor GFLOPs per image"),
+}
+COLUMNS = ["label", "mode", "tau", "depth", "AP", "AP50", "AP75", "gflops", "gflops_std", "dense_gflops",
+           "pct_dense", "pct_dense_std", "pct_r101", "pct_r101_std", "ponder_total", "units_frac", "source"]
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("runs", nargs="+", help="run folders or their eval_results.json / metrics.json")
+    p.add_argument("--labels", default="", help="comma-separated labels (default: from each run's config)")
+    p.add_argument("--dataset", default="", help="which evaluated dataset to use when a run has several")
+    p.add_argument("--x", choices=sorted(X_AXES), default="r101", help="FLOPs axis")
+    p.add_argument("--output", default="tradeoff", help="output path without extension (.png and .csv)")
+    p.add_argument("--paper", action="store_true", help="add the paper's COCO points (only with --x r101)")
+    p.add_argument("--no-plot", action="store_true", help="only the table and the CSV")
+    return p.parse_args(argv)
+
+
+def _last_eval_in_metrics(path: str) -> Dict[str, float]:
+    last = None
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if line:
+                rec = json.loads(line)
+                if any(k.endswith("bbox/AP") or k.startswith("flops/") or "/flops/" in k for k in rec):
+                    last = rec
+    if last is None:
+        raise ValueError(f"{path}: no evaluation results (bbox/AP or flops/*) in any line")
+    return last
+
+
+def _flatten(d: Dict, prefix: str = "") -> Dict[str, float]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def load_run(path: str, dataset: str = "") -> Dict[str, object]:
+    """One run's flat metrics ("bbox/AP", "flops/extractor_gflops_mean", ...) plus its mode / tau / depth."""
+    folder = path if os.path.isdir(path) else os.path.dirname(path)
+    info: Dict[str, object] = {}
+    if os.path.isdir(path):
+        for name in ("eval_results.json", "metrics.json"):
+            if os.path.isfile(os.path.join(path, name)):
+                path = os.path.join(path, name)
+                break
+        else:
+            raise FileNotFoundError(f"{folder}: neither eval_results.json nor metrics.json (was the run evaluated?)")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"run results not found: {path}")
+    if path.endswith("metrics.json"):
+        flat = _last_eval_in_metrics(path)
+    else:
+        with open(path) as f:
+            data = json.load(f)
+        datasets = data.get("datasets", {})
+        if not datasets:
+            raise ValueError(f"{path}: no 'datasets' entry")
+        if dataset and dataset not in datasets:
+            raise ValueError(f"{path}: dataset {dataset!r} not evaluated; it has {sorted(datasets)}")
+        flat = _flatten(datasets[dataset or sorted(datasets)[0]])
+        info.update(data.get("sact", {}))
+    if "mode" not in info:
+        info.update(_config_info(os.path.join(folder, "config.yaml")))
+    flat = {k.split("/", 1)[1] if k.count("/") >= 2 else k: v for k, v in flat.items()}  # drop dataset prefix
+    return {"metrics": flat, "source": path, **info}
+
+
+def _config_info(config_yaml: str) -> Dict[str, object]:
+    if not os.path.isfile(config_yaml):
+        return {}
+    import yaml
+
+    with open(config_yaml) as f:
+        cfg = yaml.safe_load(f) or {}
+    model = cfg.get("MODEL", {})
+    sact = model.get("SACT", {})
+    return {"mode": sact.get("MODE", "none"), "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
+
+
+def _default_label(run: Dict[str, object]) -> str:
+    mode, depth = run.get("mode"), run.get("depth")
+    arch = f"R-{depth}" if depth else "ResNet"
+    if mode in ("sact", "act"):
+        return f"{mode.upper()} {arch} tau={run.get('tau')}"
+    return f"dense {arch}"
+
+
+def table_row(run: Dict[str, object], label: Optional[str] = None) -> Dict[str, object]:
+    m = run["metrics"]
+
+    def get(key: str) -> Optional[float]:
+        v = m.get(key)
+        return None if v is None else float(v)
+
+    return {
+        "label": label or _default_label(run), "mode": run.get("mode"), "tau": run.get("tau"), "depth": run.get("depth"),
+        "AP": get("bbox/AP"), "AP50": get("bbox/AP50"), "AP75": get("bbox/AP75"),
+        "gflops": get("flops/extractor_gflops_mean"), "gflops_std": get("flops/extractor_gflops_std"),
+        "dense_gflops": get("flops/dense_gflops_mean"),
+        "pct_dense": get("flops/pct_of_dense_mean"), "pct_dense_std": get("flops/pct_of_dense_std"),
+        "pct_r101": get("flops/pct_of_r101_mean"), "pct_r101_std": get("flops/pct_of_r101_std"),
+        "ponder_total": get("ponder_eval/total_mean"), "units_frac": get("ponder_eval/units_frac"),
+        "source": run["source"],
+    }
+
+
+def _fmt(v, digits: int = 2) -> str:
+    return "-" if v is None else (f"{v:.{digits}f}" if isinstance(v, float) else str(v))
+
+
+def format_table(rows: List[Dict[str, object]]) -> str:
+    """Markdown table: AP and FLOPs side by side, the dense same-architecture FLOPs beside them."""
+    head = ["run", "AP", "AP50", "extractor GFLOPs (mean ± std)", "dense same-arch GFLOPs", "% of dense",
+            "% of R-101", "units run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in rows:
+        lines.append("| " + " | ".join([
+            str(r["label"]), _fmt(r["AP"]), _fmt(r["AP50"]),
+            f"{_fmt(r['gflops'], 3)} ± {_fmt(r['gflops_std'], 3)}", _fmt(r["dense_gflops"], 3),
+            f"{_fmt(r['pct_dense'], 1)} ± {_fmt(r['pct_dense_std'], 1)}",
+            f"{_fmt(r['pct_r101'], 1)} ± {_fmt(r['pct_r101_std'], 1)}",
+            "-" if r["units_frac"] is None else f"{100 * r['units_frac']:.0f} %",
+        ]) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(rows: List[Dict[str, object]], path: str) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=COLUMNS)
+        w.writeheader()
+        for r in rows:
+            w.writerow({k: r.get(k) for k in COLUMNS})
+
+
+def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = False) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    xk, xerrk, xlabel = X_AXES[x_axis]
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    sact = sorted((r for r in rows if r["mode"] in ("sact", "act") and r[xk] is not None and r["AP"] is not None),
+                  key=lambda r: r[xk])
+    if len(sact) > 1:
+        ax.plot([r[xk] for r in sact], [r["AP"] for r in sact], "-", color="tab:blue", alpha=0.5)
+    for r in rows:
+        if r[xk] is None or r["AP"] is None:
+            continue
+        adaptive = r["mode"] in ("sact", "act")
+        ax.errorbar(r[xk], r["AP"], xerr=r[xerrk] or 0.0, fmt="o" if adaptive else "s", capsize=4,
+                    color="tab:blue" if adaptive else "tab:red")
+        ax.annotate(str(r["label"]), (r[xk], r["AP"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    if paper and x_axis == "r101":
+        for label, x, xerr, ap in PAPER_POINTS:
+            ax.errorbar(x, ap, xerr=xerr, fmt="^", capsize=4, color="gray", alpha=0.8)
+            ax.annotate(label, (x, ap), textcoords="offset points", xytext=(6, -12), fontsize=7, color="gray")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("COCO-style AP@[.5:.95] (bbox)")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv=None) -> List[Dict[str, object]]:
+    args = parse_args(argv)
+    labels = [s.strip() for s in args.labels.split(",")] if args.labels else []
+    if labels and len(labels) != len(args.runs):
+        sys.exit(f"plot_tradeoff.py: error: {len(labels)} labels for {len(args.runs)} runs")
+    try:
+        rows = [table_row(load_run(p, args.dataset), labels[i] if labels else None) for i, p in enumerate(args.runs)]
+    except (FileNotFoundError, ValueError) as e:
+        sys.exit(f"plot_tradeoff.py: error: {e}")
+    print(format_table(rows))
+    out_dir = os.path.dirname(os.path.abspath(args.output))
+    os.makedirs(out_dir, exist_ok=True)
+    write_csv(rows, args.output + ".csv")
+    written = [args.output + ".csv"]
+    if not args.no_plot:
+        plot(rows, args.x, args.output + ".png", paper=args.paper)
+        written.append(args.output + ".png")
+    print("wrote " + ", ".join(written))
+    return rows
+
+
+if __name__ == "__main__":
+    main()
