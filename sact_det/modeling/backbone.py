@@ -6,7 +6,7 @@ l >= 1 runs where the position has not halted (masked dense path in training, op
 gather/scatter at inference). With halting disabled the output equals detectron2's ResNet.
 """
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
@@ -105,10 +105,11 @@ class SACTStage(nn.Sequential):
         return out
 
 
-def _freeze_unit(module: nn.Module) -> None:
-    """Freeze a stem/unit like detectron2's CNNBlockBase.freeze, but never its halting branch."""
+def freeze_except(module: nn.Module, keep: Sequence[str] = ("halting",)) -> None:
+    """Freeze a stem/unit like detectron2's CNNBlockBase.freeze (no grads, BN -> FrozenBN), except the
+    children named in ``keep`` (by default the halting branch, which FREEZE_AT never freezes)."""
     for name, child in module.named_children():
-        if name == "halting":
+        if name in keep:
             continue
         for p in child.parameters():
             p.requires_grad = False
@@ -162,11 +163,11 @@ class SACTResNet(ResNet):
     def freeze(self, freeze_at: int = 0) -> "SACTResNet":
         """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; halting stays trainable."""
         if freeze_at >= 1:
-            _freeze_unit(self.stem)
+            freeze_except(self.stem)
         for idx, stage in enumerate(self.stages, start=2):
             if freeze_at >= idx:
                 for block in stage.children():
-                    _freeze_unit(block)
+                    freeze_except(block)
         return self
 
     def output_shape(self) -> Dict[str, ShapeSpec]:

@@ -17,10 +17,10 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicStem, ResNet
 from torch import nn
 
+from .backbone import freeze_except  # noqa: F401  (re-exported for the family backbones)
 from .flops import conv_flops, conv_out_hw
 
 __all__ = ["HW", "residual_branch", "shortcut_branch", "execute_per_image", "pool_valid", "stem_flops",
@@ -136,20 +136,6 @@ def check_stage_list(key: str, wanted: Sequence[str], built: Dict[str, int]) -> 
         raise ValueError(f"{key} must be a non-empty list of distinct stages among {list(built)} (the stages built "
                          f"for these OUT_FEATURES), got {list(wanted)}")
     return [s for s in built if s in wanted]
-
-
-def freeze_except(module: nn.Module, keep: Sequence[str]) -> None:
-    """Freeze a stem/unit like CNNBlockBase.freeze (no grads, BN -> FrozenBN), except children in ``keep``."""
-    for name, child in module.named_children():
-        if name in keep:
-            continue
-        for p in child.parameters():
-            p.requires_grad = False
-        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(child)
-        if frozen is not child:
-            setattr(module, name, frozen)
-    for p in module.parameters(recurse=False):
-        p.requires_grad = False
 
 
 class UnitSkippingResNet(ResNet):
