@@ -72,8 +72,11 @@ def test_reinforce_loss_by_hand():
     masked = reinforce_loss(q.detach(), a, adv, mask=torch.tensor([False, True]))
     assert float(masked) == pytest.approx(-2 * math.log(0.8), abs=1e-6)
     ent = reinforce_loss(q.detach(), a, adv, entropy_weight=0.1)
-    h = -0.8 * math.log(0.8) - 0.2 * math.log(0.2)
-    assert float(ent) == pytest.approx(-4 * math.log(0.8) - 0.1 * h, abs=1e-6)
+    h = -0.8 * math.log(0.8) - 0.2 * math.log(0.2)  # Bernoulli entropy of q = 0.8 and of q = 0.2 alike
+    assert float(ent) == pytest.approx(-4 * math.log(0.8) - 0.1 * 2 * h, abs=1e-6)
+    q = torch.tensor([[0.3, 0.5, 0.7]], requires_grad=True)
+    reinforce_loss(q, torch.zeros(1, 3), torch.zeros(1), entropy_weight=1.0).backward()
+    assert q.grad[0, 0] < 0 and q.grad[0, 1].abs() < 1e-6 and q.grad[0, 2] > 0  # pulls towards 0.5
     two = reinforce_loss(torch.tensor([[0.8, 0.2], [0.5, 0.5]]), torch.tensor([[1, 0], [1, 1]]), torch.tensor([2.0, -1.0]))
     assert float(two) == pytest.approx((-4 * math.log(0.8) + 2 * math.log(0.5)) / 2, abs=1e-6)  # mean over images
 
@@ -194,15 +197,16 @@ def test_finetune_step_rewards_from_detector_loss(monkeypatch):
     set_policy(bb, {"res4.0": 1e-6, "res4.1": 0.9})
     passes = []
 
-    def fake_losses(images, gt, actions, seed):
-        passes.append(actions.clone())
+    def fake_losses(images, gt, actions, seed, proposals=None):
+        passes.append((actions.clone(), proposals))
         skipped = (~actions).float().sum(1)  # loss grows by 0.1 per skipped unit (image 0) / 0.3 (image 1)
         total = torch.tensor([1.0, 1.0]) + skipped * torch.tensor([0.1, 0.3])
-        return {"loss_cls": total * 0 + total, "loss_rpn_cls": torch.zeros(2)}
+        return {"loss_cls": total, "loss_rpn_cls": torch.zeros(2)}, ["props0", "props1"]
 
     monkeypatch.setattr(model, "per_image_losses", fake_losses)
     losses, logged = _train_step(model)
-    ref, greedy, sample = passes
+    (ref, p_ref), (greedy, p_greedy), (sample, p_sample) = passes
+    assert p_ref is None and p_greedy == p_sample == ["props0", "props1"]  # the reference pass's proposals
     assert ref.all() and greedy[:, :4].all() and not greedy[:, 4].any() and greedy[:, 5].all()
     # correct iff loss <= 1.1 * loss(all units) = 1.1: image 0 with 1 skip (1.1) yes, image 1 (1.3) no
     r_greedy = torch.tensor([1 - (5 / 6) ** 2, -5.0])

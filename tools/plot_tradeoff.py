@@ -192,6 +192,7 @@ def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = Fa
         for label, x, xerr, ap in PAPER_POINTS:
             ax.errorbar(x, ap, xerr=xerr, fmt="^", capsize=4, color="gray", alpha=0.8)
             ax.annotate(label, (x, ap), textcoords="offset points", xytext=(6, -12), fontsize=7, color="gray")
+    ax.margins(x=0.15, y=0.12)  # room for the labels
     ax.set_xlabel(xlabel)
     ax.set_ylabel("COCO-style AP@[.5:.95] (bbox)")
     ax.grid(True, alpha=0.3)

@@ -7,7 +7,7 @@ original's 224 -> 112), global average pool, fc to one logit per unit, sigmoid -
 Training: actions ~ Bernoulli(alpha * p + (1 - alpha) * (1 - p)) (bounded to [1-alpha, alpha]);
 the self-critical baseline is the thresholded policy (p >= 0.5); reward = 1 - (fraction of units
 used)^2 if "correct" else PENALTY; REINFORCE loss -sum_u log pi(a_u) * (R(sample) - R(greedy)),
-minus ENTROPY_WEIGHT * sum(-q log q) in the curriculum. Evaluation: a unit runs iff p >= 0.5, and
+minus ENTROPY_WEIGHT * (Bernoulli entropy of q) in the curriculum. Evaluation: a unit runs iff p >= 0.5, and
 only for the images that chose it. A skipped unit outputs its shortcut (projection without ReLU).
 """
 from typing import Dict, List, Optional, Sequence, Tuple
@@ -76,7 +76,11 @@ def curriculum_mask(num_units: int, step: int, device=None) -> torch.Tensor:
 
 def reinforce_loss(q: torch.Tensor, actions: torch.Tensor, advantage: torch.Tensor,
                    mask: Optional[torch.Tensor] = None, entropy_weight: float = 0.0) -> torch.Tensor:
-    """Mean over the batch of -sum_u mask * log Bernoulli(q)(a) * A - entropy_weight * sum_u(-q log q).
+    """Mean over the batch of -sum_u mask * log Bernoulli(q)(a) * A - entropy_weight * sum_u H(q).
+
+    H(q) = -q log q - (1 - q) log(1 - q), the Bernoulli entropy (maximal at q = 0.5). The original
+    code uses only -q log q, which is maximal at q = 1/e and so, whenever the rewards carry no
+    signal, pushes every unit below 0.5, i.e. towards being dropped.
 
     q: (B,U) bounded probabilities (with grad); actions: (B,U) {0,1}; advantage: (B,) (no grad);
     mask: (U,) or (B,U) (the curriculum's learnable units) or None.
@@ -89,7 +93,7 @@ def reinforce_loss(q: torch.Tensor, actions: torch.Tensor, advantage: torch.Tens
         loss = loss * mask.to(q.dtype)
     total = loss.sum()
     if entropy_weight:
-        total = total - entropy_weight * (-qc * torch.log(qc)).sum()
+        total = total - entropy_weight * (-qc * torch.log(qc) - (1 - qc) * torch.log(1 - qc)).sum()
     return total / q.shape[0]
 
 

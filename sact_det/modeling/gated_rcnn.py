@@ -9,14 +9,15 @@ output gets the backbone's per-image FLOPs (``backbone.image_flops``) and ``unit
 prediction, so an image counts as correct when the detector's own training loss (RPN + box
 head, summed) with the policy's units is at most (1 + CORRECT_TOLERANCE) times its loss with
 every unit executed: "the skipped units did not make this image noticeably harder". Per step:
-the greedy policy (p >= 0.5, the self-critical baseline) and the all-units reference run without
+the all-units reference and the greedy policy (p >= 0.5, the self-critical baseline) run without
 gradients, the sampled policy runs with gradients (finetune phase) and provides the detector
-losses. The three passes use the same random seed so that RPN / ROI sampling is as alike as
-possible. Per-image losses come from running the heads image by image; the reported detector
-losses are their mean over the batch.
+losses. The three passes use the same random seed (same RPN anchor samples) and the box head
+sees the reference pass's proposals in all three (same RoI samples), so an image's losses differ
+only through the features the units produced. Per-image losses come from running the heads image
+by image; the reported detector losses are their mean over the batch.
 """
 from collections import defaultdict
-from typing import Dict, List
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -104,21 +105,29 @@ class BlockDropRCNN(GatedRCNN):
                    policy_loss_weight=float(b.POLICY_LOSS_WEIGHT), tolerance=float(b.CORRECT_TOLERANCE))
         return ret
 
-    def per_image_losses(self, images: ImageList, gt: List, actions: torch.Tensor, seed: int) -> Dict[str, torch.Tensor]:
-        """Detector training losses of every image under ``actions`` (B,U): {name: (B,)}."""
+    def per_image_losses(self, images: ImageList, gt: List, actions: torch.Tensor, seed: int,
+                         proposals: Optional[List] = None) -> Tuple[Dict[str, torch.Tensor], List]:
+        """Detector training losses of every image under ``actions`` (B,U): ({name: (B,)}, proposals).
+
+        With ``proposals`` (one Instances per image) the box head is trained / scored on those instead of
+        this pass's own RPN output, so that passes with different units compare the same RoIs.
+        """
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             features = self.backbone.forward_with_policy(images.tensor, actions)
             out: Dict[str, list] = defaultdict(list)
+            used = []
             for i in range(len(images)):
                 img = ImageList(images.tensor[i:i + 1], [images.image_sizes[i]])
                 feats = {k: v[i:i + 1] for k, v in features.items()}
-                proposals, rpn_losses = self.proposal_generator(img, feats, [gt[i]])
-                _, det_losses = self.roi_heads(img, feats, proposals, [gt[i]])
+                props, rpn_losses = self.proposal_generator(img, feats, [gt[i]])
+                props = props if proposals is None else [proposals[i]]
+                _, det_losses = self.roi_heads(img, feats, props, [gt[i]])
+                used.append(props[0])
                 for k, v in {**rpn_losses, **det_losses}.items():
                     out[k].append(v)
-        return {k: torch.stack(v) for k, v in out.items()}
+        return {k: torch.stack(v) for k, v in out.items()}, used
 
     def forward(self, batched_inputs):
         if not self.training:
@@ -139,11 +148,12 @@ class BlockDropRCNN(GatedRCNN):
         greedy = (probs.detach() >= 0.5) | forced
         sample = torch.bernoulli(q.detach()).bool() | forced
         seed = int(torch.randint(0, 2 ** 31 - 1, (1,)))
-        with torch.no_grad():
-            ref = sum(self.per_image_losses(images, gt, torch.ones_like(sample), seed).values())
-            base = sum(self.per_image_losses(images, gt, greedy, seed).values())
+        with torch.no_grad():  # all units, then the greedy baseline on the same proposals and RoI samples
+            ref, props = self.per_image_losses(images, gt, torch.ones_like(sample), seed)
+            ref = sum(ref.values())
+            base = sum(self.per_image_losses(images, gt, greedy, seed, props)[0].values())
         with torch.set_grad_enabled(bb.phase == "finetune"):
-            det = self.per_image_losses(images, gt, sample, seed)
+            det = self.per_image_losses(images, gt, sample, seed, props)[0]
         unused = bb.zero_unused_loss()
         correct = detection_correct(sum(v.detach() for v in det.values()), ref, self.tolerance)
         r_sample = blockdrop_reward(sample, correct, self.penalty)
