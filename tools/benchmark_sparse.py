@@ -238,16 +238,14 @@ def fold_all_norms(model: torch.nn.Module) -> torch.nn.Module:
 
     from detectron2.layers import Conv2d
 
-    from sact_det.modeling.fold import _norm_scale_shift
+    from sact_det.modeling.fold import folded_weight_bias
 
     model = copy.deepcopy(model)
     for name, m in model.named_modules():
         if isinstance(m, Conv2d) and m.norm is not None:
-            scale, shift = _norm_scale_shift(m.norm, m.out_channels, name)
-            if m.bias is not None:
-                shift = shift + m.bias.detach() * scale
-            m.weight = torch.nn.Parameter(m.weight.detach() * scale.view(-1, 1, 1, 1), requires_grad=False)
-            m.bias = torch.nn.Parameter(shift, requires_grad=False)
+            w, b = folded_weight_bias(m, name, "fold_all_norms")
+            m.weight = torch.nn.Parameter(w, requires_grad=False)
+            m.bias = torch.nn.Parameter(b, requires_grad=False)
             m.norm = None
     return model
 

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config.defaults import validate_sact_cfg
 from .act import HaltingState
+from .fold import fold_block, folded_block_forward
 from .halting import build_halting
 
 __all__ = ["StagePonder", "SACTStage", "SACTResNet", "build_sact_resnet_backbone"]
@@ -63,19 +64,65 @@ class SACTStage(nn.Sequential):
         self._folded = {}  # folded (BN-merged) units are only valid for the current eval weights
         return super().train(mode)
 
-    def _run_unit(self, index: int, block: nn.Module, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
-        """State after unit ``index``: block(x) where active, x elsewhere. active: (B,1,H,W) or (B,1,1,1)."""
-        if not self.training and self.execution != "dense":
-            from . import sparse
+    def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference with EXECUTION sparse / auto: same function as :meth:`forward`'s masked path.
 
-            density = float(active.float().mean())
-            if sparse.choose_execution(self.execution, density, self.sparse_max_density):
+        The state is kept channels-last inside the stage (the gather kernels then move whole rows
+        of C values), units l >= 1 run in place on their active positions (:mod:`.sparse`), the
+        halting score is computed only where needed and ``out += p^l x^l`` touches only active
+        positions (:mod:`.sparse_halting`). The output has the memory format of the input.
+        """
+        from . import sparse
+        from .sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
+
+        num, state = len(self), HaltingState(self.eps)
+        fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
+            and not x.is_contiguous() else torch.contiguous_format
+        masks: List[torch.Tensor] = []
+        if "first" not in self._folded:
+            self._folded["first"] = fold_block(self[0])
+        x = folded_block_forward(self._folded["first"], x.contiguous(memory_format=torch.channels_last))
+        per_image = self.sparse_max_density if self.execution == "auto" else 1.0
+        out: Optional[torch.Tensor] = None
+        active = None
+        for index, block in enumerate(self):
+            if index > 0:
+                active = state.active
+                if not bool(active.any()):
+                    break  # every position halted: the remaining units run nowhere
+                masks.append(active)
                 if index not in self._folded:
                     self._folded[index] = sparse.fold_unit(block)
-                return sparse.sparse_unit_forward(self._folded[index], x, active)
-        return torch.where(active, block(x), x)
+                # per image: gather kernel below the density threshold, dense folded unit above it
+                x = sparse.sparse_unit_forward(self._folded[index], x, active, max_density=per_image, inplace=True)
+            last = index == num - 1
+            h = None
+            if not last:  # SACT: the score only where the position is still active (everywhere after unit 0)
+                h = sparse_halting(block.halting, x, active) if supports_sparse_halting(block.halting) \
+                    else block.halting(x)
+            like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
+            weight = state.step(h, last=last, like=like)
+            if out is None:
+                out = (weight * x).contiguous(memory_format=torch.channels_last)
+            elif active.shape[2:] == (1, 1):
+                out.add_(weight * x)
+            else:
+                masked_accumulate_(out, weight, x, active)
+        self._record(state, masks, x.shape)
+        return out.contiguous(memory_format=fmt)
+
+    def _record(self, state: HaltingState, masks: List[torch.Tensor], x_shape: torch.Size) -> None:
+        shape = (x_shape[0], 1, x_shape[2], x_shape[3])
+        self.last = StagePonder(
+            ponder_cost=state.ponder_cost.expand(shape),
+            num_units=state.num_units.expand(shape),
+            masks=[m.expand(shape) for m in masks],
+            stride=self.stride,
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training and self.execution != "dense":
+            return self._sparse_forward(x)
         num = len(self)
         state = HaltingState(self.eps)
         out: Optional[torch.Tensor] = None
@@ -89,19 +136,13 @@ class SACTStage(nn.Sequential):
                     break  # every position halted: the remaining units run nowhere
                 # (in training the masked units stay in the graph, so DDP sees every parameter used)
                 masks.append(active)
-                x = self._run_unit(index, block, x, active)
+                x = torch.where(active, block(x), x)
             last = index == num - 1
             h = None if last else block.halting(x)
             like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
             weight = state.step(h, last=last, like=like)
             out = weight * x if out is None else out + weight * x
-        shape = (x.shape[0], 1, x.shape[2], x.shape[3])
-        self.last = StagePonder(
-            ponder_cost=state.ponder_cost.expand(shape),
-            num_units=state.num_units.expand(shape),
-            masks=[m.expand(shape) for m in masks],
-            stride=self.stride,
-        )
+        self._record(state, masks, x.shape)
         return out
 
 
@@ -151,6 +192,33 @@ class SACTResNet(ResNet):
     def last_ponder(self) -> Dict[str, StagePonder]:
         """Per adaptive stage, what the last forward did (empty for MODE none)."""
         return {n: getattr(self, n).last for n in self.adaptive_stages if getattr(self, n).last is not None}
+
+    def train(self, mode: bool = True) -> "SACTResNet":
+        self._folded_stem = None  # only valid for the current eval weights
+        return super().train(mode)
+
+    def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        """detectron2's ResNet forward; x (B,3,H,W) -> {name: (B,C,H/s,W/s)} (NCHW-contiguous).
+
+        At inference with a sparse / auto execution the stem and the stages run channels-last with
+        BN folded into the convs (the gather kernels need channels-last states; converting the
+        3-channel input is cheap), and the outputs are converted back.
+        """
+        if self.training or all(getattr(self, n).execution == "dense" for n in self.adaptive_stages):
+            return super().forward(x)
+        if getattr(self, "_folded_stem", None) is None:
+            self._folded_stem = fold_block(self.stem)
+        x = folded_block_forward(self._folded_stem, x.contiguous(memory_format=torch.channels_last))
+        outputs = {"stem": x} if "stem" in self._out_features else {}
+        for name, stage in zip(self.stage_names, self.stages):
+            x = stage(x)
+            if name in self._out_features:
+                outputs[name] = x
+        if self.num_classes is not None:
+            x = self.linear(torch.flatten(self.avgpool(x), 1))
+            if "linear" in self._out_features:
+                outputs["linear"] = x
+        return {k: v.contiguous() for k, v in outputs.items()}
 
     def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
         """Switch the inference path of every adaptive stage: dense | sparse | auto."""

@@ -15,7 +15,9 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
-__all__ = ["FoldedConv", "FoldedUnit", "fold_conv", "fold_unit", "dense_folded_forward"]
+__all__ = ["FoldedConv", "FoldedUnit", "fold_conv", "fold_unit", "dense_folded_forward",
+           "FoldedDenseConv", "FoldedBlock", "folded_weight_bias", "fold_dense_conv", "fold_block",
+           "folded_block_forward"]
 
 
 @dataclass
@@ -81,22 +83,28 @@ def _norm_scale_shift(norm: Optional[nn.Module], c_out: int, where: str) -> Tupl
     return scale, beta.detach() - mean.detach() * scale
 
 
-def fold_conv(conv: nn.Conv2d, where: str = "conv") -> FoldedConv:
-    """Fold ``conv.norm`` (detectron2 ``Conv2d``) into weight and bias; see :class:`FoldedConv`."""
+def folded_weight_bias(conv: nn.Conv2d, where: str, what: str) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(weight * s, shift): conv.norm (detectron2 ``Conv2d``) folded into a copy of weight and bias."""
     if getattr(conv, "activation", None) is not None:
-        raise ValueError(f"fold_unit: {where} has a fused activation, which detectron2 ResNet units do not use")
-    k = conv.kernel_size
-    if k[0] != k[1] or conv.stride != (1, 1) or conv.padding[0] != conv.dilation[0] * (k[0] // 2) \
-            or conv.padding != (conv.padding[0],) * 2 or conv.dilation != (conv.dilation[0],) * 2:
-        raise ValueError(f"fold_unit: {where} must be a square, stride-1, 'same'-padded conv; got kernel "
-                         f"{k}, stride {conv.stride}, padding {conv.padding}, dilation {conv.dilation}")
+        raise ValueError(f"{what}: {where} has a fused activation, which detectron2 ResNet units do not use")
     w = conv.weight.detach()
     scale, shift = _norm_scale_shift(getattr(conv, "norm", None), w.shape[0], where)
     scale, shift = scale.to(w), shift.to(w)
     if conv.bias is not None:
         shift = shift + conv.bias.detach() * scale
-    mat = (w * scale.view(-1, 1, 1, 1)).permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
-    return FoldedConv(mat, shift.contiguous(), k[0], conv.padding[0], conv.dilation[0], conv.groups)
+    return w * scale.view(-1, 1, 1, 1), shift.contiguous()
+
+
+def fold_conv(conv: nn.Conv2d, where: str = "conv") -> FoldedConv:
+    """Fold ``conv.norm`` (detectron2 ``Conv2d``) into weight and bias; see :class:`FoldedConv`."""
+    k = conv.kernel_size
+    if k[0] != k[1] or conv.stride != (1, 1) or conv.padding[0] != conv.dilation[0] * (k[0] // 2) \
+            or conv.padding != (conv.padding[0],) * 2 or conv.dilation != (conv.dilation[0],) * 2:
+        raise ValueError(f"fold_unit: {where} must be a square, stride-1, 'same'-padded conv; got kernel "
+                         f"{k}, stride {conv.stride}, padding {conv.padding}, dilation {conv.dilation}")
+    w, shift = folded_weight_bias(conv, where, "fold_unit")
+    mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
+    return FoldedConv(mat, shift, k[0], conv.padding[0], conv.dilation[0], conv.groups)
 
 
 def fold_unit(block: nn.Module) -> FoldedUnit:
@@ -132,3 +140,65 @@ def dense_folded_forward(folded: FoldedUnit, x: torch.Tensor) -> torch.Tensor:
         h = _conv(c, h).relu_()
     h = _conv(folded.convs[-1], h)
     return h.add_(x).relu_()
+
+
+@dataclass
+class FoldedDenseConv:
+    """Any detectron2 ``Conv2d`` with its norm folded: ``F.conv2d`` arguments. weight (C_out, C_in/g, k, k)."""
+
+    weight: torch.Tensor
+    bias: torch.Tensor
+    stride: Tuple[int, int]
+    padding: Tuple[int, int]
+    dilation: Tuple[int, int]
+    groups: int
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+@dataclass
+class FoldedBlock:
+    """A stem or residual unit of any stride / shortcut with BN folded (runs densely, eval only).
+
+    kind: "stem" (conv1 -> relu -> 3x3/2 max pool), "bottleneck" or "basic"; shortcut: the
+    projection conv, or None for identity.
+    """
+
+    kind: str
+    convs: List[FoldedDenseConv]
+    shortcut: Optional[FoldedDenseConv]
+
+
+def fold_dense_conv(conv: nn.Conv2d, where: str = "conv") -> FoldedDenseConv:
+    """Fold ``conv.norm`` into a copy of the weights; keeps stride / padding / dilation / groups."""
+    w, shift = folded_weight_bias(conv, where, "fold_block")
+    return FoldedDenseConv(w.contiguous(), shift, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+def fold_block(block: nn.Module) -> FoldedBlock:
+    """Fold a detectron2 ``BasicStem`` / ``BottleneckBlock`` / ``BasicBlock`` (any stride, any shortcut)."""
+    from detectron2.modeling.backbone.resnet import BasicStem
+
+    if isinstance(block, BasicStem):
+        return FoldedBlock("stem", [fold_dense_conv(block.conv1, "stem.conv1")], None)
+    if isinstance(block, BottleneckBlock):
+        kind, names = "bottleneck", ("conv1", "conv2", "conv3")
+    elif isinstance(block, BasicBlock):
+        kind, names = "basic", ("conv1", "conv2")
+    else:
+        raise TypeError(f"fold_block: expected a detectron2 BasicStem / BottleneckBlock / BasicBlock, "
+                        f"got {type(block).__name__}")
+    shortcut = None if block.shortcut is None else fold_dense_conv(block.shortcut, "shortcut")
+    return FoldedBlock(kind, [fold_dense_conv(getattr(block, n), n) for n in names], shortcut)
+
+
+def folded_block_forward(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
+    """What the unfolded stem / unit computes (up to fp32 round-off): x (B,C,H,W) -> (B,C',H',W')."""
+    if fb.kind == "stem":
+        return F.max_pool2d(fb.convs[0](x).relu_(), kernel_size=3, stride=2, padding=1)
+    h = x
+    for c in fb.convs[:-1]:
+        h = c(h).relu_()
+    h = fb.convs[-1](h)
+    return h.add_(x if fb.shortcut is None else fb.shortcut(x)).relu_()
