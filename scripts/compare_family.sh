@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train the demo detector (half-width ResNet-50 C4 on the embedded shapes data) five ways and draw
+# Train the demo detector (quarter-width ResNet-50 C4 on the embedded shapes data) five ways and draw
 # them on one AP-versus-FLOPs plot: dense, SACT, ACT, ConvNet-AIG and BlockDrop.
 #
 #   scripts/compare_family.sh [OUT_ROOT]          # default OUT_ROOT: output/compare
@@ -57,5 +57,5 @@ train blockdrop_R_50_C4 configs/Demo/blockdrop_R_50_C4.yaml \
 
 "$PY" tools/plot_tradeoff.py \
   "$ROOT/faster_rcnn_R_50_C4" "$ROOT/sact_R_50_C4" "$ROOT/act_R_50_C4" "$ROOT/aig_R_50_C4" "$ROOT/blockdrop_R_50_C4" \
-  --labels "dense,SACT tau=0.01,ACT tau=0.01,ConvNet-AIG t=0.5,BlockDrop" \
+  --labels "dense,SACT tau=0.05,ACT tau=0.05,ConvNet-AIG t=0.5,BlockDrop" \
   --x dense --output "$ROOT/tradeoff"

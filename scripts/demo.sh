@@ -28,7 +28,6 @@ echo "== [2/3] ponder-map pictures -> $OUT/ponder_maps"
 echo "== [3/3] summary (sact_demo_val; FLOPs per image of the feature extractor res2-res4)"
 "$PYTHON" tools/plot_tradeoff.py "$OUT" --x dense --output "$OUT/tradeoff"
 end=$(date +%s)
-cpu=$(times | tail -n 1)  # user and system CPU time of all commands above
 echo "time: training + evaluation $((trained - start)) s, total $((end - start)) s wall;" \
-     "CPU (user sys) of the commands: $cpu; load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
+     "load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"
 echo "outputs: $OUT/eval_results.json, $OUT/metrics.json, $OUT/ponder_maps/*.png, $OUT/tradeoff.{png,csv}"

@@ -31,5 +31,5 @@ train "$SACT_CONFIG" "$SACT_OUT" "$@"
 echo "== SACT vs dense on sact_demo_val (FLOPs per image of the feature extractor res2-res4)"
 "$PYTHON" tools/plot_tradeoff.py "$SACT_OUT" "$DENSE_OUT" --x dense --output output/demo/compare
 end=$(date +%s)
-echo "time: $((end - start)) s wall; CPU (user sys) of the commands: $(times | tail -n 1);" \
+echo "time: $((end - start)) s wall;" \
      "load average: $(cut -d' ' -f1-3 /proc/loadavg 2>/dev/null || echo n/a)"

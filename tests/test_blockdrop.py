@@ -143,7 +143,9 @@ def test_skips_follow_the_original_and_run_per_image():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
     out_train = bb.forward_with_policy(x, actions)["res4"]
-    assert torch.allclose(out_train, h, rtol=1e-4, atol=1e-4)
+    # masked training path vs per-image execution: fp32 round-off of 13 random-weight units (features
+    # reach |x| ~ 300), so the absolute tolerance is relative to the feature scale
+    torch.testing.assert_close(out_train.detach(), h, rtol=1e-4, atol=1e-5 * float(h.abs().max()))
 
 
 def test_flops_policy_counts_and_skipped_units_cost_nothing():

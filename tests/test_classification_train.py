@@ -76,6 +76,8 @@ def test_resume_after_a_signal_loses_nothing(tmp_path, cifar_root, monkeypatch):
     """Stop with SIGINT at iteration 3 (mid epoch 0 of 4 iterations), resume to 5: weights, optimizer and
     evaluation equal those of an uninterrupted run."""
     full, cut = tmp_path / "full", tmp_path / "cut"
+    # a shell's background job starts with SIGINT ignored: install Python's handler, as in a terminal
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     ref = train_classifier(tiny_cfg(full, cifar_root, max_iter=5), progress=False)
 
     calls = {"n": 0}
@@ -93,6 +95,7 @@ def test_resume_after_a_signal_loses_nothing(tmp_path, cifar_root, monkeypatch):
         train_classifier(tiny_cfg(cut, cifar_root, max_iter=5), progress=False)
     assert (cut / "last_checkpoint").read_text() == "model_0000003.pth"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
+    signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(engine, "_any_process", real)
     resumed = train_classifier(tiny_cfg(cut, cifar_root, max_iter=5), resume=True, progress=False)
 

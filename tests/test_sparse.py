@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
-from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
 from sact_det.modeling import gather, sparse
 from sact_det.modeling.fold import fold_conv
@@ -218,3 +218,34 @@ def test_all_images_dense_with_partial_masks(block):
     active = _masks(4)[:3]
     out = sparse_unit_forward(fold_unit(block), x, active, max_density=0.0)
     torch.testing.assert_close(out, _expected(block, x, active), **TOL)
+
+
+@pytest.mark.parametrize("name,make", [
+    ("stem", lambda: BasicStem(3, 16, norm="FrozenBN")),
+    ("bottleneck_projection_stride2", lambda: BottleneckBlock(16, 32, bottleneck_channels=8, stride=2, norm="BN")),
+    ("bottleneck_stride_in_3x3", lambda: BottleneckBlock(16, 32, bottleneck_channels=8, stride=2, norm="BN",
+                                                         stride_in_1x1=False)),
+    ("basic_projection_stride2", lambda: BasicBlock(16, 32, stride=2, norm="FrozenBN")),
+    ("bottleneck_identity", lambda: BottleneckBlock(32, 32, bottleneck_channels=8, norm="BN")),
+])
+def test_fold_block_equals_unfolded_module(name, make):
+    """Stems and first units (projection shortcut, stride 2) folded give the module's output."""
+    from sact_det.modeling.fold import fold_block, folded_block_forward
+
+    torch.manual_seed(0)
+    module = _randomize_norms(make(), seed=3)
+    x = torch.randn(2, module.conv1.in_channels, 17, 22)
+    with torch.no_grad():
+        ref = module(x)
+        got = folded_block_forward(fold_block(module), x)
+        got_cl = folded_block_forward(fold_block(module), x.contiguous(memory_format=torch.channels_last))
+    assert got.shape == ref.shape
+    torch.testing.assert_close(got, ref, **TOL)
+    torch.testing.assert_close(got_cl, ref, **TOL)
+
+
+def test_fold_block_rejects_other_modules():
+    from sact_det.modeling.fold import fold_block
+
+    with pytest.raises(TypeError, match="BasicStem / BottleneckBlock / BasicBlock"):
+        fold_block(torch.nn.Conv2d(3, 3, 1))

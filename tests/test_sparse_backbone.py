@@ -77,3 +77,21 @@ def test_detector_outputs_equal_in_dense_and_sparse_mode():
     torch.testing.assert_close(ib.pred_boxes.tensor, ia.pred_boxes.tensor, **TOL)
     torch.testing.assert_close(ib.scores, ia.scores, **TOL)
     assert torch.equal(ib.pred_classes, ia.pred_classes)
+
+
+def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
+    """The channels-last sparse path hands NCHW features to the heads, and after the weights change
+    (training step, load) the folded copies are rebuilt: sparse still equals masked dense."""
+    torch.manual_seed(0)
+    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
+    randomize_bn(bb)
+    _halt_partially(bb, 1.5)
+    x = torch.randn(2, 3, 64, 96)
+    _run(bb, x, "sparse")
+    bb.train()
+    randomize_bn(bb, seed=1)  # new norm statistics: stale folded weights would change every feature
+    bb.eval()
+    ref = _run(bb, x, "dense")[0]
+    out = _run(bb, x, "sparse")[0]
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)

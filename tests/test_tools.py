@@ -117,6 +117,16 @@ def test_draw_ponder_maps_on_dataset_split(tmp_path, trained_weights):
     assert len(written) == 1 and os.path.isfile(written[0])
 
 
+def test_draw_ponder_maps_draws_the_unit_policy_of_a_gated_detector(tmp_path):
+    """AIG (one decision per unit and image): the right panel is the policy grid, orange where a unit ran."""
+    written = draw_ponder_maps.main(["--config-file", "configs/Demo/aig_R_50_C4.yaml", "--dataset",
+                                     "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path)] + SMALL_TEST)
+    img = np.asarray(Image.open(written[0]).convert("RGB")).astype(int)
+    right = img[:, img.shape[1] // 2:]
+    orange = (abs(right[..., 0] - 255) < 5) & (abs(right[..., 1] - 140) < 5) & (right[..., 2] < 5)
+    assert orange.sum() > 500  # untrained gates open: first units always run, so cells are orange
+
+
 def test_draw_ponder_maps_bad_inputs(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")

@@ -199,7 +199,8 @@ def test_eval_only_reports_ap_and_flops(tmp_path):
 def test_optimizer_choice_and_tau_warmup_hook(tmp_path):
     cfg = load_config(DEMO_CFG, small_opts(tmp_path, **{"SACT_TRAIN.OPTIMIZER": "AdamW",
                                                         "SACT_TRAIN.TAU_WARMUP_START": "2",
-                                                        "SACT_TRAIN.TAU_WARMUP_ITERS": "2"}))
+                                                        "SACT_TRAIN.TAU_WARMUP_ITERS": "2",
+                                                        "MODEL.SACT.TAU": "0.01"}))
     trainer = Trainer(cfg)
     assert isinstance(trainer.optimizer, torch.optim.AdamW)
     warm = [h for h in trainer._hooks if isinstance(h, TauWarmup)]

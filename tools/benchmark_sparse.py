@@ -157,10 +157,13 @@ def _unit_fns(block, folded, x, m, max_density: float):
         "masked": lambda: torch.where(m, block(x), x),
         "dense_cl": lambda: sparse.dense_folded_forward(folded, x_cl),
         "sparse_cl": lambda: sparse.sparse_unit_forward(folded, x_cl, m, max_density=INF),
-        # inside a stage the state is no longer needed once the unit ran: it can be overwritten
+        # inside a stage the state is no longer needed once the unit ran: it is overwritten (what
+        # the SACT stage does at inference: channels-last state, in place, auto dispatch)
         "inplace_cl": lambda: sparse.sparse_unit_forward(folded, state, m, max_density=INF, inplace=True),
+        "auto_cl": lambda: sparse.sparse_unit_forward(folded, state, m, max_density=max_density, inplace=True),
     }
-    return fns, {"inplace_cl": lambda: state.copy_(x_cl)}
+    reset = lambda: state.copy_(x_cl)  # noqa: E731
+    return fns, {"inplace_cl": reset, "auto_cl": reset}
 
 
 def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> float:
@@ -182,24 +185,20 @@ def bench_unit(args, argv: List[str]) -> None:
             fns, setup = _unit_fns(block, folded, x, m, args.max_density)
             rows.append((d, unit_flop_fraction(m), time_rounds(fns, args.rounds, setup=setup)))
     print(f"    after:  {load_str()}")
-    print("NCHW input (detectron2's layout); speedup = median over rounds of dense folded time / time")
-    print("| active | FLOPs sparse/dense | dense folded ms | sparse ms (speedup) | auto ms (speedup) "
-          "| masked dense ms (speedup) |")
-    print("|---|---|---|---|---|---|")
-    for d, ff, t in rows:
-        cells = [f"{statistics.median(t[k]) * 1e3:.1f} ({median_ratio(t['dense'], t[k]):.2f}x)"
-                 for k in ("sparse", "auto", "masked")]
-        print(f"| {d * 100:.0f} % | {ff:.3f} | {statistics.median(t['dense']) * 1e3:.1f} | " + " | ".join(cells) + " |")
-    print("channels-last input; speedup vs the dense folded unit on the same channels-last input")
-    print("| active | dense folded ms | sparse ms (speedup) | sparse in place ms (speedup) |")
-    print("|---|---|---|---|")
-    for d, ff, t in rows:
-        cells = [f"{statistics.median(t[k]) * 1e3:.1f} ({median_ratio(t['dense_cl'], t[k]):.2f}x)"
-                 for k in ("sparse_cl", "inplace_cl")]
-        print(f"| {d * 100:.0f} % | {statistics.median(t['dense_cl']) * 1e3:.1f} | " + " | ".join(cells) + " |")
+    tables = [("channels-last input (how a SACT stage runs at inference); dense folded on the same channels-last input",
+               "dense_cl", [("sparse", "sparse_cl"), ("sparse in place", "inplace_cl"), ("auto in place", "auto_cl")]),
+              ("NCHW input (detectron2's layout); dense folded on the same NCHW input",
+               "dense", [("sparse", "sparse"), ("auto", "auto"), ("masked dense", "masked")])]
+    for title, base, cols in tables:
+        print(title + "; speedup = median over rounds of dense folded time / time")
+        print("| active | FLOPs sparse/dense | dense folded ms | " + " | ".join(f"{c} ms (speedup)" for c, _ in cols) + " |")
+        print("|---|---|---|" + "---|" * len(cols))
+        for d, ff, t in rows:
+            cells = [f"{statistics.median(t[k]) * 1e3:.1f} ({median_ratio(t[base], t[k]):.2f}x)" for _, k in cols]
+            print(f"| {d * 100:.0f} % | {ff:.3f} | {statistics.median(t[base]) * 1e3:.1f} | " + " | ".join(cells) + " |")
     if args.memory:
         print("peak memory added by two unit forwards incl. lazy state (MiB, own subprocess each):")
-        kinds = ("dense", "sparse", "masked", "dense_cl", "sparse_cl", "inplace_cl")
+        kinds = ("dense", "sparse", "masked", "dense_cl", "sparse_cl", "inplace_cl", "auto_cl")
         print("| active | " + " | ".join(kinds) + " |")
         print("|---|" + "---|" * len(kinds))
         for d in args.densities:

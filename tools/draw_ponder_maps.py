@@ -3,7 +3,9 @@
 
 For each image: one PNG with the image and its detections on the left and the ponder-cost heat
 map (rho summed over the adaptive stages, one cell per feature position) with a colorbar on the
-right; the title gives the image's feature-extractor FLOPs.
+right; the title gives the image's feature-extractor FLOPs. For ConvNet-AIG / BlockDrop detectors
+(one decision per unit and image) the right panel shows the image's unit policy instead: one row
+per stage, a cell per unit, orange where the unit ran.
 
     python tools/draw_ponder_maps.py --config-file configs/Demo/sact_R_50_C4.yaml \
         --input photo.jpg 'more/*.jpg' --output ponder_maps MODEL.WEIGHTS model_final.pth
@@ -32,6 +34,7 @@ from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.engine.trainer import ensure_registered  # noqa: E402
 from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
 from sact_det.modeling.flops import backbone_flops  # noqa: E402
+from sact_det.modeling.unit_stats import draw_unit_policy  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -82,25 +85,30 @@ def map_extent(map_hw: Tuple[int, int], image_hw: Tuple[int, int], resized_hw: T
 
 
 def predict(cfg, files: List[str]) -> List[Dict]:
+    """Per image: detections, FLOPs and either the ponder map (SACT / ACT) or the unit policy (AIG / BlockDrop)."""
     predictor = DefaultPredictor(cfg)
     aug = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
     backbone = predictor.model.backbone
     stages = list(getattr(backbone, "adaptive_stages", []))
-    if not stages:
+    gated = hasattr(backbone, "unit_names")
+    if not stages and not gated:
         raise ValueError(f"MODEL.SACT.MODE={cfg.MODEL.SACT.MODE!r}: the model has no adaptive stage, hence no "
-                         f"ponder map (use a SACT or ACT config)")
-    stride = int(getattr(backbone, stages[0]).stride)  # the ponder map has the first adaptive stage's grid
+                         f"ponder map (use a SACT, ACT, ConvNet-AIG or BlockDrop config)")
+    stride = int(getattr(backbone, stages[0]).stride) if stages else 0  # ponder map: first adaptive stage's grid
     out = []
     for path in files:
         img = load_image(path)
         pred = predictor(img)
-        if "ponder_map" not in pred:
-            raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} returns no ponder map "
-                             f"(use SACTRCNN)")
+        key = "unit_policy" if gated else "ponder_map"
+        if key not in pred:
+            raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} returns no {key} "
+                             f"(use SACTRCNN, GatedRCNN or BlockDropRCNN)")
         h, w = img.shape[:2]
         resized = aug.get_transform(img).apply_image(img).shape[:2]
-        out.append({"file": path, "instances": pred["instances"].to("cpu"), "ponder_map": pred["ponder_map"].numpy(),
-                    "flops": pred["flops"], "image_hw": (h, w), "resized_hw": tuple(resized), "stride": stride})
+        rec = {"file": path, "instances": pred["instances"].to("cpu"), "flops": pred["flops"], "image_hw": (h, w),
+               "resized_hw": tuple(resized), "stride": stride}
+        rec[key] = pred[key] if gated else pred[key].numpy()
+        out.append(rec)
     return out
 
 
@@ -121,20 +129,27 @@ def draw(record: Dict, image_rgb: np.ndarray, metadata, out_path: str, vmin: flo
     axes[0].imshow(vis)
     axes[0].set_title(f"{os.path.basename(record['file'])}: {len(inst)} detections (score >= {score_thresh:g})",
                       fontsize=9)
-    pm = record["ponder_map"]
-    extent = map_extent(pm.shape, (h, w), record["resized_hw"], record["stride"])
-    im = axes[1].imshow(pm, cmap="viridis", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
-    axes[1].set_xlim(0, w)
-    axes[1].set_ylim(h, 0)
     gflops = record["flops"]["backbone"] / 1e9
-    title = f"ponder cost (sum over stages), feature extractor {gflops:.3g} GFLOPs"
-    if dense_flops:
-        title += f" = {100 * record['flops']['backbone'] / dense_flops:.0f} % of dense"
-    axes[1].set_title(title, fontsize=9)
-    fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03, label="rho = units run + remainder")
-    for ax in axes:
-        ax.set_xticks([])
-        ax.set_yticks([])
+    pct = f" = {100 * record['flops']['backbone'] / dense_flops:.0f} % of dense" if dense_flops else ""
+    if "unit_policy" in record:  # AIG / BlockDrop: which units this image ran, one row per stage
+        policy = record["unit_policy"]
+        axes[1].imshow(draw_unit_policy(policy), interpolation="nearest")
+        stages = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in policy))
+        axes[1].set_yticks(range(8, 16 * len(stages), 16), stages)
+        axes[1].set_title(f"units executed (orange): {sum(policy.values())} / {len(policy)}\n"
+                          f"feature extractor {gflops:.3g} GFLOPs{pct}", fontsize=9)
+    else:
+        pm = record["ponder_map"]
+        extent = map_extent(pm.shape, (h, w), record["resized_hw"], record["stride"])
+        im = axes[1].imshow(pm, cmap="viridis", vmin=vmin, vmax=vmax, extent=extent, interpolation="nearest")
+        axes[1].set_xlim(0, w)
+        axes[1].set_ylim(h, 0)
+        axes[1].set_title(f"ponder cost (sum over stages), feature extractor {gflops:.3g} GFLOPs{pct}", fontsize=9)
+        fig.colorbar(im, ax=axes[1], fraction=0.046, pad=0.03, label="rho = units run + remainder")
+        axes[1].set_yticks([])
+    axes[1].set_xticks([])
+    axes[0].set_xticks([])
+    axes[0].set_yticks([])
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path, dpi=100)
@@ -166,7 +181,7 @@ def run(args) -> List[str]:
         raise FileNotFoundError("no images to draw")
     cfg.freeze()
     records = predict(cfg, files)
-    maps = [r["ponder_map"] for r in records]
+    maps = [r["ponder_map"] for r in records if "ponder_map" in r] or [np.zeros(1)]
     vmin = args.vmin if args.vmin is not None else float(min(m.min() for m in maps))
     vmax = args.vmax if args.vmax is not None else float(max(m.max() for m in maps))
     if vmax <= vmin:

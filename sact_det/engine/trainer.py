@@ -32,6 +32,7 @@ from detectron2.utils.logger import setup_logger
 from ..compat import create_ddp_model
 from ..data.mapper import SACTDatasetMapper
 from ..evaluation.flops_evaluator import FlopsEvaluator
+from ..modeling.unit_stats import UnitPolicyEvaluator
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import AverageBuffers, PerIterationSeed, TauWarmup, iteration_seed
 from .sampler import ResumableTrainingSampler
@@ -141,7 +142,8 @@ class Trainer(DefaultTrainer):
     # ------------------------------------------------------------------ evaluation
     @classmethod
     def build_evaluator(cls, cfg, dataset_name: str, output_folder: Optional[str] = None) -> DatasetEvaluator:
-        """COCOEvaluator (bbox AP) + FlopsEvaluator (FLOPs, ponder cost)."""
+        """COCOEvaluator (bbox AP) + FlopsEvaluator (FLOPs, ponder cost) + UnitPolicyEvaluator (the AIG /
+        BlockDrop seeds' block usage, unique policies, per-unit rates; reports nothing for SACT / dense)."""
         ensure_registered([dataset_name])
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
         evaluators: List[DatasetEvaluator] = []
@@ -151,6 +153,7 @@ class Trainer(DefaultTrainer):
                 DatasetCatalog.get(dataset_name)  # generated data sets (demo) write their json on first use
             evaluators.append(COCOEvaluator(dataset_name, output_dir=output_folder))
         evaluators.append(FlopsEvaluator(cfg, dataset_name))
+        evaluators.append(UnitPolicyEvaluator())
         return DatasetEvaluators(evaluators)
 
     @classmethod
