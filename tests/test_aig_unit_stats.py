@@ -33,7 +33,8 @@ def test_mismatched_inputs_raise():
         unit_policy_stats(POLICIES, [1.0, 2.0, 3.0])
 
 
-def test_evaluator_collects_detector_outputs(capsys):
+def test_evaluator_collects_detector_outputs(caplog):
+    caplog.set_level("INFO", logger="sact_det.modeling.unit_stats")
     ev = UnitPolicyEvaluator(distributed=False)
     ev.reset()
     outs = [{"unit_policy": p, "flops": {"backbone": f, "model": f + 1}} for p, f in zip(POLICIES, [2.0, 4.0, 2.0, 0.0])]
@@ -41,7 +42,7 @@ def test_evaluator_collects_detector_outputs(capsys):
     ev.process([{}] * 3, outs[2:] + [{"instances": None, "flops": {"backbone": 9.0, "model": 9.0}}])  # a SACT output
     res = ev.evaluate()["unit_policy"]
     assert res["num_images"] == 4 and res["unique_policies"] == 3 and res["rate/res2.1"] == 0.25
-    assert "Unique Policies: 3" in capsys.readouterr().out
+    assert "Unique Policies: 3" in caplog.text
     empty = UnitPolicyEvaluator(distributed=False)
     empty.process([{}], [{"flops": {"backbone": 1.0, "model": 1.0}}])
     assert empty.evaluate() == {}

@@ -5,12 +5,14 @@
     with spatially coherent "blob" masks (thresholded smoothed noise) at given active fractions:
     the gather kernel ("sparse"), the auto dispatch ("auto") and the backbone's masked dense path
     where(m, block(x), x) ("masked") against the dense unit with BN folded ("dense"), on an NCHW
-    input; and on a channels-last input, the gather kernel with a copy and in place (how a unit
-    inside a stage can run: the old state is not needed any more).
+    input; and on a channels-last input, the gather kernel with a copy, in place, and auto in place
+    (how a unit runs inside a SACT stage at inference).
 (b) ``--part extractor``: the SACT R-50 C4 feature extractor (stem..res4) at 600x1000 on demo
     images with the masks it produces (trained ``--weights``, or random halting convs whose shared
     bias is calibrated to a FLOPs fraction), EXECUTION dense (masked) / sparse / auto, against
-    detectron2's dense ResNet-50 extractor with the same conv weights ("d2").
+    detectron2's dense ResNet-50 extractor with the same conv weights ("d2"). ``--replay-weights``:
+    the full-width extractor's units run on the masks a trained (demo) SACT detector really
+    produces on each image (its halting branches are evaluated but their masks ignored).
 ``--memory``: peak resident memory added by two forwards (VmHWM - VmRSS before; persistent state
 made by the first call, such as cached folded weights, counts), each variant in its own
 subprocess with glibc's mmap threshold lowered so that freed blocks leave RSS.
@@ -29,7 +31,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Sequence
+from typing import Callable, Dict, List, Optional, Sequence
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -309,7 +311,28 @@ def calibrate_halting(sact_bb, images, hw, dense_flops: float, target: float, st
     return (lo + hi) / 2
 
 
-def _extractor_fns(sact_bb, dense_bb, images, max_density: float) -> Dict[str, Callable[[], object]]:
+def replayed_masks(args, images) -> List[Dict[str, List[torch.Tensor]]]:
+    """Per image, {stage: masks of units 1..L-1} that the trained ``--replay-weights`` model produces on it."""
+    from argparse import Namespace
+
+    _, trained, _ = _extractors(Namespace(config=args.replay_config, weights=args.replay_weights))
+    trained.set_execution("dense")
+    out = []
+    with torch.no_grad():
+        for img in images:
+            trained(img)
+            out.append({k: [m.clone() for m in p.masks] for k, p in trained.last_ponder.items()})
+    return out
+
+
+def set_replay(sact_bb, masks: Optional[Dict[str, List[torch.Tensor]]]) -> None:
+    """Make the SACT stages run their units on ``masks`` (None: on their own halting masks)."""
+    for name in sact_bb.adaptive_stages:
+        getattr(sact_bb, name).replay_masks = None if masks is None else masks[name]
+
+
+def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
+                   replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> Dict[str, Callable[[], object]]:
     folded_bb = fold_all_norms(dense_bb)
 
     def run(mode: str) -> Callable[[], None]:
@@ -317,7 +340,9 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float) -> Dict[str, C
             if mode not in ("d2", "d2_folded"):
                 sact_bb.set_execution(mode, max_density)
             net = {"d2": dense_bb, "d2_folded": folded_bb}.get(mode, sact_bb)
-            for img in images:
+            for i, img in enumerate(images):
+                if replay is not None and net is sact_bb:
+                    set_replay(sact_bb, replay[i])
                 net(img)
         return f
 
@@ -325,38 +350,52 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float) -> Dict[str, C
 
 
 def bench_extractor(args, argv: List[str]) -> None:
-    from sact_det.modeling.flops import dense_backbone_flops
+    from sact_det.modeling.flops import backbone_flops
 
     hw = tuple(args.image_size)
     cfg, sact_bb, dense_bb = _extractors(args)
     images = _demo_images(cfg, args.images, hw, args.channels_last)
     r = cfg.MODEL.RESNETS
-    dense_flops = dense_backbone_flops(hw, depth=r.DEPTH, out_feature="res4", stride_in_1x1=r.STRIDE_IN_1X1)
+    dense_flops = backbone_flops(dense_bb, hw, ponder={})  # detectron2's dense extractor of the same widths
     fmt = "channels-last" if args.channels_last else "NCHW"
     print(f"(b) SACT R-{r.DEPTH} C4 extractor vs detectron2 dense R-{r.DEPTH} (stem..res4), {len(images)} demo "
           f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, {args.clock} clock, "
           f"{args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
           f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
     untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
+    replay = replayed_masks(args, images) if args.replay_weights else None
+    if replay is not None:
+        untrained = (f"none (random init); units run on the masks that {args.replay_weights} "
+                     f"({args.replay_config}) produces on each image")
     print(f"    weights: {args.weights or untrained}")
     results = []
-    for target in (args.target_flops if not args.weights else [None]):
+    for target in (args.target_flops if not (args.weights or replay) else [None]):
         bias = None
         if target is not None:
             bias = calibrate_halting(sact_bb, images[:2], hw, dense_flops, target)
-        ff = _flop_fraction(sact_bb, images, hw, dense_flops)
-        diff = 0.0
+        diff = float("nan")  # replayed masks: the halting weights do not match them, outputs not comparable
         with torch.no_grad():
-            for img in images:
-                sact_bb.set_execution("dense")
-                ref = sact_bb(img)["res4"]
-                sact_bb.set_execution("sparse")
-                diff = max(diff, float((sact_bb(img)["res4"] - ref).abs().max() / ref.abs().max()))
+            if replay is None:
+                ff, diff = _flop_fraction(sact_bb, images, hw, dense_flops), 0.0
+                for img in images:
+                    sact_bb.set_execution("dense")
+                    ref = sact_bb(img)["res4"]
+                    sact_bb.set_execution("sparse")
+                    diff = max(diff, float((sact_bb(img)["res4"] - ref).abs().max() / ref.abs().max()))
+            else:
+                sact_bb.set_execution("auto", args.max_density)
+                fr = []
+                for img, masks in zip(images, replay):
+                    set_replay(sact_bb, masks)
+                    sact_bb(img)
+                    fr.append(backbone_flops(sact_bb, hw) / dense_flops)
+                ff = statistics.mean(fr)
             before = load_str()
-            t = time_rounds(_extractor_fns(sact_bb, dense_bb, images, args.max_density), args.rounds_extractor, 1)
+            fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
+            t = time_rounds(fns, args.rounds_extractor, 1)
         print(f"    halting bias {bias}: before {before}; after {load_str()}")
         mem = {}
-        if args.memory:
+        if args.memory and replay is None:
             extra = [] if bias is None else ["--halting-bias", str(bias)]
             mem = {k: memory_in_subprocess(argv + extra, f"extractor:{k}")
                    for k in ("d2", "d2_folded", "dense", "sparse", "auto")}
@@ -373,11 +412,11 @@ def bench_extractor(args, argv: List[str]) -> None:
         ts, ta = 1 / median_ratio(t["d2"], t["sparse"]), 1 / median_ratio(t["d2"], t["auto"])
         taf = 1 / median_ratio(t["d2_folded"], t["auto"])
         sc = [(1 - x) / (1 - ff) if ff < 1 else float("nan") for x in (ta, taf)]
-        label = "trained" if target is None else f"bias {bias:+.2f}"
+        label = ("replayed" if replay else "trained") if target is None else f"bias {bias:+.2f}"
         print(f"| {label} | {ff:.3f} | {med['d2']:.0f} | {med['d2_folded']:.0f} | {med['dense']:.0f} | "
               f"{med['sparse']:.0f} | {med['auto']:.0f} | {ts:.3f} | {ta:.3f} | {sc[0]:.2f} | {sc[1]:.2f} "
               f"| {diff:.1e} |")
-    if args.memory:
+    if args.memory and replay is None:
         print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
         print("| halting | d2 | d2 folded | SACT masked | SACT sparse | SACT auto |")
         print("|---|---|---|---|---|---|")
@@ -419,6 +458,9 @@ def main(argv=None) -> None:
     p.add_argument("--width", type=int, default=84)
     p.add_argument("--config", default="configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml")
     p.add_argument("--weights", default="", help="(b) trained SACT detector checkpoint; none: calibrated halting")
+    p.add_argument("--replay-weights", default="", help="(b) run the units of the (untrained, --config) extractor "
+                   "on the masks this trained SACT detector produces on each image")
+    p.add_argument("--replay-config", default="configs/Demo/sact_R_50_C4.yaml", help="config of --replay-weights")
     p.add_argument("--image-size", type=int, nargs=2, default=[600, 1000], metavar=("H", "W"))
     p.add_argument("--images", type=int, default=4, help="(b) number of demo images (sact_demo_val)")
     p.add_argument("--rounds-extractor", type=int, default=5)

@@ -31,6 +31,8 @@ X_AXES = {
     "dense": ("pct_dense", "pct_dense_std", "feature-extractor FLOPs, % of the dense same-architecture model"),
     "gflops": ("gflops", "gflops_std", "feature-extractor GFLOPs per image"),
 }
+MARKERS = {"sact": ("o", "tab:blue"), "act": ("o", "tab:blue"), "aig": ("D", "tab:green"),
+           "blockdrop": ("v", "tab:purple"), "none": ("s", "tab:red")}  # mode -> (marker, colour)
 COLUMNS = ["label", "mode", "tau", "depth", "AP", "AP50", "AP75", "gflops", "gflops_std", "dense_gflops",
            "pct_dense", "pct_dense_std", "pct_r101", "pct_r101_std", "ponder_total", "units_frac", "source"]
 
@@ -96,8 +98,10 @@ def load_run(path: str, dataset: str = "") -> Dict[str, object]:
             raise ValueError(f"{path}: dataset {dataset!r} not evaluated; it has {sorted(datasets)}")
         flat = _flatten(datasets[dataset or sorted(datasets)[0]])
         info.update(data.get("sact", {}))
-    if "mode" not in info:
-        info.update(_config_info(os.path.join(folder, "config.yaml")))
+    if info.get("mode", "none") == "none":  # no results metadata, or MODE none: AIG / BlockDrop tell by their backbone
+        from_cfg = _config_info(os.path.join(folder, "config.yaml"))
+        if "mode" not in info or from_cfg.get("mode") in ("aig", "blockdrop"):
+            info.update(from_cfg)
     flat = {k.split("/", 1)[1] if k.count("/") >= 2 else k: v for k, v in flat.items()}  # drop dataset prefix
     return {"metrics": flat, "source": path, **info}
 
@@ -111,7 +115,9 @@ def _config_info(config_yaml: str) -> Dict[str, object]:
         cfg = yaml.safe_load(f) or {}
     model = cfg.get("MODEL", {})
     sact = model.get("SACT", {})
-    return {"mode": sact.get("MODE", "none"), "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
+    backbone = str(model.get("BACKBONE", {}).get("NAME", ""))
+    mode = next((m for m in ("aig", "blockdrop") if m in backbone), sact.get("MODE", "none"))
+    return {"mode": mode, "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
 
 
 def _default_label(run: Dict[str, object]) -> str:
@@ -119,6 +125,8 @@ def _default_label(run: Dict[str, object]) -> str:
     arch = f"R-{depth}" if depth else "ResNet"
     if mode in ("sact", "act"):
         return f"{mode.upper()} {arch} tau={run.get('tau')}"
+    if mode in ("aig", "blockdrop"):
+        return f"{'ConvNet-AIG' if mode == 'aig' else 'BlockDrop'} {arch}"
     return f"dense {arch}"
 
 
@@ -184,9 +192,8 @@ def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = Fa
     for r in rows:
         if r[xk] is None or r["AP"] is None:
             continue
-        adaptive = r["mode"] in ("sact", "act")
-        ax.errorbar(r[xk], r["AP"], xerr=r[xerrk] or 0.0, fmt="o" if adaptive else "s", capsize=4,
-                    color="tab:blue" if adaptive else "tab:red")
+        fmt, color = MARKERS.get(r["mode"], MARKERS["none"])
+        ax.errorbar(r[xk], r["AP"], xerr=r[xerrk] or 0.0, fmt=fmt, capsize=4, color=color)
         ax.annotate(str(r["label"]), (r[xk], r["AP"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if paper and x_axis == "r101":
         for label, x, xerr, ap in PAPER_POINTS:

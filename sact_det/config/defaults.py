@@ -29,7 +29,7 @@ def add_sact_config(cfg: CN) -> None:
     cfg.MODEL.SACT.HALT_NORM = "BN"  # norm before the halting convs: BN, SyncBN, FrozenBN, GN, "" (none)
     cfg.MODEL.SACT.STAGES = ["res2", "res3", "res4"]  # the adaptive stages; others stay dense
     cfg.MODEL.SACT.EXECUTION = "dense"  # inference path: "dense" (masked), "sparse" (gather/scatter), "auto"
-    cfg.MODEL.SACT.SPARSE_MAX_DENSITY = 0.6  # "auto": sparse when the active fraction is below this
+    cfg.MODEL.SACT.SPARSE_MAX_DENSITY = 0.75  # "auto": sparse when an image's active fraction is below this (break-even)
 
 
 def get_sact_cfg() -> CN:

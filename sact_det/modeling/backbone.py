@@ -56,6 +56,9 @@ class SACTStage(nn.Sequential):
         self.execution = "dense"
         self.sparse_max_density = 1.0
         self.last: Optional[StagePonder] = None
+        # sparse / auto inference only: run unit l >= 1 on replay_masks[l - 1] (B,1,H,W) bool instead of the
+        # halting masks (tools/benchmark_sparse.py replays a trained model's masks at other widths)
+        self.replay_masks: Optional[List[torch.Tensor]] = None
         for block in blocks[:-1]:
             block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init))
         self._folded: Dict[int, object] = {}
@@ -85,10 +88,11 @@ class SACTStage(nn.Sequential):
         per_image = self.sparse_max_density if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active = None
+        replay = self.replay_masks
         for index, block in enumerate(self):
             if index > 0:
-                active = state.active
-                if not bool(active.any()):
+                active = state.active if replay is None else (replay[index - 1] if index - 1 < len(replay) else None)
+                if active is None or not bool(active.any()):
                     break  # every position halted: the remaining units run nowhere
                 masks.append(active)
                 if index not in self._folded:

@@ -25,9 +25,9 @@ __all__ = [
     "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
 ]
 
-# Break-even active fraction of the gather kernel vs. the dense folded unit, measured by
+# Break-even active fraction of the in-place gather kernel vs. the dense folded unit (channels-last), measured by
 # tools/benchmark_sparse.py (res4 bottleneck, 1x1024x50x84, fp32, 2 threads, blob masks).
-SPARSE_MAX_DENSITY = 0.6
+SPARSE_MAX_DENSITY = 0.75
 EXECUTION_MODES = ("dense", "sparse", "auto")
 
 

@@ -51,14 +51,16 @@ def _channel_affine(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> T
     raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
 
 
-def _channel_stats(x: MapView, chunk: int = 512) -> Tuple[torch.Tensor, torch.Tensor]:
+def _channel_stats(x: MapView, chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean and (biased) variance over all positions of one map: (C,), (C,).
 
-    One pass in chunks of positions through a small reused buffer (much faster on CPU than
-    ``torch.var_mean`` over the spatial dims); sums are accumulated in float64.
+    One pass in chunks of positions (about ``chunk_elems`` values, at least 512 positions) through
+    a small reused buffer (much faster on CPU than ``torch.var_mean`` over the spatial dims);
+    sums are accumulated in float64.
     """
     rows = x.all_rows()  # (HW, C), possibly a transposed view
     n, c = rows.shape
+    chunk = max(512, chunk_elems // max(c, 1))
     s1 = torch.zeros(c, dtype=torch.float64, device=rows.device)
     s2 = torch.zeros_like(s1)
     buf = rows.new_empty(min(chunk, n) * c)

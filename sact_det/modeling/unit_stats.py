@@ -88,7 +88,6 @@ class UnitPolicyEvaluator(DatasetEvaluator):
         stats = unit_policy_stats(policies, flops)
         text = format_unit_policy_stats(stats)
         logger.info("Unit policy statistics:\n%s", text)
-        print(text, flush=True)
         flat = {k: float(v) for k, v in stats.items() if k != "unit_rates"}
         flat.update({f"rate/{n}": r for n, r in stats["unit_rates"].items()})
         return OrderedDict(unit_policy=flat)
