@@ -95,3 +95,23 @@ def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
     out = _run(bb, x, "sparse")[0]
     assert out.is_contiguous()
     torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+
+
+def test_replaying_its_own_masks_reproduces_the_sparse_run():
+    """replay_masks (benchmarks) runs the units on given masks: the model's own masks give its own result."""
+    torch.manual_seed(0)
+    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
+    randomize_bn(bb)
+    _halt_partially(bb, 1.5)
+    x = torch.randn(2, 3, 64, 96)
+    ref, _, masks = _run(bb, x, "sparse")
+    flops = backbone_flops(bb, (64, 96))
+    for name in bb.adaptive_stages:
+        getattr(bb, name).replay_masks = masks[name]
+    out, _, masks2 = _run(bb, x, "sparse")
+    torch.testing.assert_close(out, ref, **TOL)
+    assert backbone_flops(bb, (64, 96)) == pytest.approx(flops)
+    for name in bb.adaptive_stages:  # an empty replay list: no unit beyond the first runs
+        getattr(bb, name).replay_masks = []
+    _run(bb, x, "sparse")
+    assert all(not p.masks for p in bb.last_ponder.values())
