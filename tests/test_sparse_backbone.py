@@ -115,3 +115,20 @@ def test_replaying_its_own_masks_reproduces_the_sparse_run():
         getattr(bb, name).replay_masks = []
     _run(bb, x, "sparse")
     assert all(not p.masks for p in bb.last_ponder.values())
+
+
+def test_folds_follow_weights_loaded_in_eval_mode():
+    """Weights loaded while the model stays in eval mode (no train() between) are refolded too."""
+    torch.manual_seed(0)
+    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
+    randomize_bn(bb)
+    _halt_partially(bb, 1.5)
+    x = torch.randn(2, 3, 64, 96)
+    _run(bb, x, "sparse")
+    other = build_backbone(tiny_cfg(depth=50, mode="sact"))
+    randomize_bn(other, seed=2)
+    _halt_partially(other, 1.5)
+    bb.load_state_dict(other.state_dict())
+    ref = _run(bb, x, "dense")[0]
+    out = _run(bb, x, "sparse")[0]
+    torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)

@@ -270,13 +270,16 @@ def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Ten
     return out
 
 
-def _flop_fraction(sact_bb, images, hw, dense_flops: float) -> float:
-    """Mean over images of SACT extractor FLOPs (from the masks it used) / dense FLOPs."""
+def _flop_fraction(sact_bb, images, hw, dense_flops: float,
+                   replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> float:
+    """Mean over images of SACT extractor FLOPs (from the masks it used, or ``replay``-ed) / dense FLOPs."""
     from sact_det.modeling.flops import backbone_flops
 
     fr = []
     with torch.no_grad():
-        for img in images:
+        for i, img in enumerate(images):
+            if replay is not None:
+                set_replay(sact_bb, replay[i])
             sact_bb(img)
             fr.append(backbone_flops(sact_bb, hw) / dense_flops)
     return statistics.mean(fr)
@@ -383,13 +386,8 @@ def bench_extractor(args, argv: List[str]) -> None:
                     sact_bb.set_execution("sparse")
                     diff = max(diff, float((sact_bb(img)["res4"] - ref).abs().max() / ref.abs().max()))
             else:
-                sact_bb.set_execution("auto", args.max_density)
-                fr = []
-                for img, masks in zip(images, replay):
-                    set_replay(sact_bb, masks)
-                    sact_bb(img)
-                    fr.append(backbone_flops(sact_bb, hw) / dense_flops)
-                ff = statistics.mean(fr)
+                sact_bb.set_execution("auto", args.max_density)  # replay_masks act on the sparse path only
+                ff = _flop_fraction(sact_bb, images, hw, dense_flops, replay)
             before = load_str()
             fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
             t = time_rounds(fns, args.rounds_extractor, 1)

@@ -15,6 +15,7 @@ from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, Basi
 from torch import nn
 
 from ..config.defaults import validate_sact_cfg
+from . import sparse
 from .act import HaltingState
 from .fold import fold_block, folded_block_forward
 from .halting import build_halting
@@ -61,10 +62,9 @@ class SACTStage(nn.Sequential):
         self.replay_masks: Optional[List[torch.Tensor]] = None
         for block in blocks[:-1]:
             block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init))
-        self._folded: Dict[int, object] = {}
 
     def train(self, mode: bool = True) -> "SACTStage":
-        self._folded = {}  # folded (BN-merged) units are only valid for the current eval weights
+        sparse.release_folds(self)  # folded (BN-merged) units are only for inference
         return super().train(mode)
 
     def _sparse_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,16 +75,14 @@ class SACTStage(nn.Sequential):
         halting score is computed only where needed and ``out += p^l x^l`` touches only active
         positions (:mod:`.sparse_halting`). The output has the memory format of the input.
         """
-        from . import sparse
         from .sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
 
         num, state = len(self), HaltingState(self.eps)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
             and not x.is_contiguous() else torch.contiguous_format
         masks: List[torch.Tensor] = []
-        if "first" not in self._folded:
-            self._folded["first"] = fold_block(self[0])
-        x = folded_block_forward(self._folded["first"], x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = folded_block_forward(sparse.cached_fold(self[0], fold_block), x)
         per_image = self.sparse_max_density if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active = None
@@ -95,10 +93,9 @@ class SACTStage(nn.Sequential):
                 if active is None or not bool(active.any()):
                     break  # every position halted: the remaining units run nowhere
                 masks.append(active)
-                if index not in self._folded:
-                    self._folded[index] = sparse.fold_unit(block)
                 # per image: gather kernel below the density threshold, dense folded unit above it
-                x = sparse.sparse_unit_forward(self._folded[index], x, active, max_density=per_image, inplace=True)
+                x = sparse.sparse_unit_forward(sparse.cached_fold(block), x, active, max_density=per_image,
+                                               inplace=True)
             last = index == num - 1
             h = None
             if not last:  # SACT: the score only where the position is still active (everywhere after unit 0)
@@ -198,7 +195,7 @@ class SACTResNet(ResNet):
         return {n: getattr(self, n).last for n in self.adaptive_stages if getattr(self, n).last is not None}
 
     def train(self, mode: bool = True) -> "SACTResNet":
-        self._folded_stem = None  # only valid for the current eval weights
+        sparse.release_folds(self.stem)  # the stages release their own folds
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
@@ -210,9 +207,8 @@ class SACTResNet(ResNet):
         """
         if self.training or all(getattr(self, n).execution == "dense" for n in self.adaptive_stages):
             return super().forward(x)
-        if getattr(self, "_folded_stem", None) is None:
-            self._folded_stem = fold_block(self.stem)
-        x = folded_block_forward(self._folded_stem, x.contiguous(memory_format=torch.channels_last))
+        x = x.contiguous(memory_format=torch.channels_last)
+        x = folded_block_forward(sparse.cached_fold(self.stem, fold_block), x)
         outputs = {"stem": x} if "stem" in self._out_features else {}
         for name, stage in zip(self.stage_names, self.stages):
             x = stage(x)

@@ -12,7 +12,7 @@ faster than NCHW ones (whole rows of C values are gathered instead of strided co
 The halting branch and the output accumulation have sparse versions in :mod:`.sparse_halting`.
 """
 import weakref
-from typing import Optional, Tuple
+from typing import Callable, Optional, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .fold import FoldedUnit, dense_folded_forward, fold_unit
 from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
 
 __all__ = [
-    "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "choose_execution", "execute_unit", "cached_fold",
+    "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "choose_execution", "execute_unit", "cached_fold", "release_folds",
     "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
 ]
 
@@ -45,19 +45,25 @@ def choose_execution(mode: str, density: float, max_density: float = SPARSE_MAX_
     raise ValueError(f"cfg.MODEL.SACT.EXECUTION must be one of {EXECUTION_MODES}, got {mode!r}")
 
 
-_FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, FoldedUnit]]" = weakref.WeakKeyDictionary()
+_FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, object]]" = weakref.WeakKeyDictionary()
 
 
-def cached_fold(block: nn.Module) -> FoldedUnit:
-    """``fold_unit(block)``, cached per block; refolded when a conv / norm tensor of the block changed
-    (``load_state_dict``, ``.to()``, in-place updates all change ``data_ptr`` or ``_version``)."""
-    tensors = [t for n in ("conv1", "conv2", "conv3") if hasattr(block, n)
-               for t in (*getattr(block, n).parameters(), *getattr(block, n).buffers())]
-    key = tuple((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors)
+def cached_fold(block: nn.Module, fold: Callable[[nn.Module], object] = fold_unit):
+    """``fold(block)`` (:func:`fold_unit`, or :func:`fold_block` for stems / first units), cached per block;
+    refolded when a tensor of the block outside its halting branch changed (``load_state_dict``,
+    ``.to()``, in-place updates all change ``data_ptr`` or ``_version``). :func:`release_folds` frees them."""
+    tensors = [t for n, t in (*block.named_parameters(), *block.named_buffers()) if not n.startswith("halting.")]
+    key = (fold, *((t.data_ptr(), t._version, t.dtype, t.device) for t in tensors))
     hit = _FOLD_CACHE.get(block)
     if hit is None or hit[0] != key:
-        hit = _FOLD_CACHE[block] = (key, fold_unit(block))
+        hit = _FOLD_CACHE[block] = (key, fold(block))
     return hit[1]
+
+
+def release_folds(module: nn.Module) -> None:
+    """Drop the cached folds of ``module`` and its submodules (e.g. when it goes back to training)."""
+    for m in module.modules():
+        _FOLD_CACHE.pop(m, None)
 
 
 def execute_unit(block: nn.Module, x: torch.Tensor, active: torch.Tensor, mode: str = "auto",
