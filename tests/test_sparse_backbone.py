@@ -79,14 +79,19 @@ def test_detector_outputs_equal_in_dense_and_sparse_mode():
     assert torch.equal(ib.pred_classes, ia.pred_classes)
 
 
-def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
-    """The channels-last sparse path hands NCHW features to the heads, and after the weights change
-    (training step, load) the folded copies are rebuilt: sparse still equals masked dense."""
+def _partially_halting_r50():
+    """(tiny SACT R-50 backbone in eval mode whose positions halt partially, a (2,3,64,96) input)."""
     torch.manual_seed(0)
     bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
     randomize_bn(bb)
     _halt_partially(bb, 1.5)
-    x = torch.randn(2, 3, 64, 96)
+    return bb, torch.randn(2, 3, 64, 96)
+
+
+def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
+    """The channels-last sparse path hands NCHW features to the heads, and after the weights change
+    (training step, load) the folded copies are rebuilt: sparse still equals masked dense."""
+    bb, x = _partially_halting_r50()
     _run(bb, x, "sparse")
     bb.train()
     randomize_bn(bb, seed=1)  # new norm statistics: stale folded weights would change every feature
@@ -99,11 +104,7 @@ def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
 
 def test_replaying_its_own_masks_reproduces_the_sparse_run():
     """replay_masks (benchmarks) runs the units on given masks: the model's own masks give its own result."""
-    torch.manual_seed(0)
-    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
-    randomize_bn(bb)
-    _halt_partially(bb, 1.5)
-    x = torch.randn(2, 3, 64, 96)
+    bb, x = _partially_halting_r50()
     ref, _, masks = _run(bb, x, "sparse")
     flops = backbone_flops(bb, (64, 96))
     for name in bb.adaptive_stages:
@@ -119,11 +120,7 @@ def test_replaying_its_own_masks_reproduces_the_sparse_run():
 
 def test_folds_follow_weights_loaded_in_eval_mode():
     """Weights loaded while the model stays in eval mode (no train() between) are refolded too."""
-    torch.manual_seed(0)
-    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
-    randomize_bn(bb)
-    _halt_partially(bb, 1.5)
-    x = torch.randn(2, 3, 64, 96)
+    bb, x = _partially_halting_r50()
     _run(bb, x, "sparse")
     other = build_backbone(tiny_cfg(depth=50, mode="sact"))
     randomize_bn(other, seed=2)
