@@ -19,6 +19,7 @@ def tiny_cfg(depth: int = 18, mode: str = "sact", stages=("res2", "res3", "res4"
     cfg.MODEL.SACT.MODE = mode
     cfg.MODEL.SACT.STAGES = list(stages)
     cfg.MODEL.SACT.HALT_NORM = "BN"
+    cfg.MODEL.SACT.HALT_INIT = "zeros"  # the tests assume position-independent halting at init (h = sigmoid(bias))
     cfg.MODEL.ROI_HEADS.NUM_CLASSES = 3
     cfg.MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE = 16
     cfg.MODEL.RPN.POST_NMS_TOPK_TRAIN = 50

@@ -1,4 +1,4 @@
-"""Halting arithmetic against the reference vectors (REFERENCE.md) and its gradient."""
+"""Halting arithmetic against reference vectors computed from the original SACT code and its gradient."""
 import pytest
 import torch
 

@@ -1,4 +1,4 @@
-"""Classifier models: FLOPs against hand counts / REFERENCE.md, halting semantics, loss, configs."""
+"""Classifier models: FLOPs against hand counts / the original code, halting semantics, loss, configs."""
 import glob
 
 import pytest
@@ -63,7 +63,7 @@ def test_dense_cifar_resnet_flops(n):
 
 
 def test_dense_imagenet_r101_flops_match_reference():
-    """REFERENCE.md: the original dense ResNet-101 does 1.5603e10 FLOPs at 224x224 (fc included)."""
+    """the SACT paper / original code: the dense ResNet-101 does 1.5603e10 FLOPs at 224x224 (fc included)."""
     with torch.device("meta"):
         model = build_classifier(imagenet_cfg(101, "none"), 1000)
     flops = classifier_flops(model, (224, 224), 1, ponder={})["total"].item()

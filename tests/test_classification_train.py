@@ -118,18 +118,6 @@ def test_epoch_batches_cover_the_set_and_split_over_processes():
     assert engine.epoch_batches(70, 16, 3, 3, 0, 1) != one  # new order every epoch
 
 
-@pytest.fixture
-def restore_loggers():
-    """tools/train_classifier.py's setup_logger adds handlers on the captured stdout: remove them after."""
-    import logging
-
-    names = ("sact_det", "detectron2")
-    saved = {n: (list(logging.getLogger(n).handlers), logging.getLogger(n).level) for n in names}
-    yield
-    for n, (handlers, level) in saved.items():
-        logging.getLogger(n).handlers[:] = handlers
-        logging.getLogger(n).setLevel(level)
-
 
 def test_eval_only_prints_seed_style_and_json(tmp_path, cifar_root, dense_run, capsys, restore_loggers):
     from tools.train_classifier import get_parser, main

@@ -30,14 +30,14 @@ def resnet_bottleneck_flops(size: int, blocks, stride_in_1x1: bool = True, last_
 
 
 def test_closed_form_matches_published_resnet101():
-    # REFERENCE.md: the dense ResNet-101 of the original code costs 1.5603e10 FLOPs at 224x224
+    # the original code: its dense ResNet-101 costs 1.5603e10 FLOPs at 224x224
     # (all four stages + the 2048 -> 1000 classifier, stride in the 3x3 conv); validates the formula.
     total = resnet_bottleneck_flops(224, [3, 4, 23, 3], stride_in_1x1=False, last_stage=5) + 2.0 * 2048 * 1000
     assert total == pytest.approx(1.5603e10, rel=1e-4)
 
 
 def test_units_from_ponder_reference_vectors():
-    # rho = N + R with R in (eps, 1]: REFERENCE.md vectors (2.0 -> 1, 3.49 -> 3, 5.96 -> 5), R = 1 exactly.
+    # rho = N + R with R in (eps, 1]: the reference vectors of tests/test_act.py (2.0 -> 1, 3.49 -> 3, 5.96 -> 5), R = 1 exactly.
     rho = torch.tensor([2.0, 3.49, 5.96, 4.0, 1.5])
     assert units_from_ponder(rho).tolist() == [1, 3, 5, 3, 1]
 
@@ -127,3 +127,72 @@ def test_missing_flops_output_is_a_clear_error():
 def test_no_images_gives_empty_results():
     ev = FlopsEvaluator(tiny_cfg(depth=18), "test", distributed=False)
     assert ev.evaluate() == {}
+
+
+# --- cfg.MODEL.SACT.VARIANT original: the reference is the original code's dense ResNet v2 ---------------
+
+def _original_cfg(mode: str = "none", units=(1, 1, 1, 1), base: int = 2):
+    from tests.test_original_detector import _detector_cfg
+
+    cfg = _detector_cfg()  # tiny original-variant Faster R-CNN C4 (blocks 1-3 backbone, block 4 + postnorm head)
+    cfg.MODEL.SACT.MODE = mode
+    cfg.MODEL.SACT.ORIGINAL_UNITS = list(units)
+    cfg.MODEL.SACT.ORIGINAL_BASE_CHANNELS = base
+    return cfg
+
+
+def _fvcore_conv_flops(module: torch.nn.Module, hw) -> float:
+    """2 x fvcore's conv count (fvcore counts one multiply-add per conv weight use, biases excluded)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    module.eval()
+    with torch.no_grad():
+        fca = FlopCountAnalysis(module, torch.rand(1, 3, *hw))
+        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
+        return 2.0 * fca.by_operator()["conv"]
+
+
+def test_original_variant_dense_model_is_100_percent_of_its_own_dense_extractor():
+    from detectron2.modeling import build_model
+
+    cfg = _original_cfg()
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    sizes = [(64, 80), (65, 81)]
+    res, outputs = _evaluate(model, cfg, sizes)
+    flops = res["flops"]
+    assert flops["pct_of_dense_mean"] == pytest.approx(100.0, abs=1e-9) and flops["pct_of_dense_std"] == 0.0
+    own = [_fvcore_conv_flops(model.backbone, hw) for hw in sizes]  # independent count on the real backbone
+    assert flops["dense_gflops_mean"] == pytest.approx(sum(own) / 2 / 1e9, rel=1e-12)
+    assert [o["flops"]["backbone"] for o in outputs] == pytest.approx(own, rel=1e-12)
+    assert "v2 (original)" in format_table(flops, {}, 101, "original")
+
+
+def test_original_variant_reference_is_dense_resnet101_v2_not_detectron2_v1():
+    cfg = _original_cfg()
+    assert cfg.MODEL.RESNETS.STRIDE_IN_1X1  # the detectron2 default: a v1 reference would put the stride in conv1
+    ev = FlopsEvaluator(cfg, "test", distributed=False)
+    ev.process([{"image": torch.zeros(3, 128, 128)}], [{"flops": {"backbone": 1e9, "model": 2e9}}])
+    res = ev.evaluate()["flops"]
+    v2 = resnet_bottleneck_flops(128, [3, 4, 23, 3], stride_in_1x1=False)  # v2: stride in the 3x3 conv, biases free
+    v1 = resnet_bottleneck_flops(128, [3, 4, 23, 3], stride_in_1x1=True)
+    assert v1 != pytest.approx(v2, rel=1e-3)
+    assert res["r101_gflops_mean"] == pytest.approx(v2 / 1e9, rel=1e-12)
+    assert res["pct_of_r101_mean"] == pytest.approx(100.0 * 1e9 / v2, rel=1e-12)
+
+
+def test_original_variant_reference_equals_fvcore_on_a_real_resnet50_v2():
+    """The dense v2 reference at an odd size (TF 'SAME' arithmetic) = 2 x fvcore's conv FLOPs of the
+    original-variant backbone built by the detector's own builder with DEPTH 50 (standard widths)."""
+    from detectron2.modeling import build_backbone
+
+    cfg = _original_cfg(units=(), base=64)
+    cfg.MODEL.RESNETS.DEPTH = 50
+    ev = FlopsEvaluator(cfg, "test", distributed=False, reference_depth=50)
+    hw = (65, 81)
+    ev.process([{"image": torch.zeros(3, *hw)}], [{"flops": {"backbone": 1e9, "model": 2e9}}])
+    res = ev.evaluate()["flops"]
+    torch.manual_seed(0)
+    expect = _fvcore_conv_flops(build_backbone(cfg), hw)
+    assert res["r50_gflops_mean"] == pytest.approx(expect / 1e9, rel=1e-12)
+    assert res["dense_gflops_mean"] == pytest.approx(expect / 1e9, rel=1e-12)  # this model is the dense R-50 v2

@@ -63,7 +63,7 @@ def test_tiny_random_sact_detector_end_to_end(cat_name, tmp_path):
     out = str(tmp_path / "out")
     torch.manual_seed(0)
     res = eval_saliency.main(["--config-file", str(cfg_file), "--dataset", cat_name, "--output", out,
-                              "--max-images", "3", "SACT_SALIENCY.INPUT_SIZE", "[64, 36]",
+                              "--max-images", "3", "--random-weights", "SACT_SALIENCY.INPUT_SIZE", "[64, 36]",
                               "SACT_SALIENCY.VIS_IMAGES", "2", "DATALOADER.NUM_WORKERS", "0", *FAST])
     assert set(res) == {"sact", "center", "uniform", "mean_fixation"}
     for m in METRICS:

@@ -73,6 +73,9 @@ def test_hand_computed_identity_norm_1x1():
 def test_unsupported_branches_are_reported():
     assert not supports_sparse_halting(GlobalHalting(8))
     assert not supports_sparse_halting(SpatialHalting(8, "", 5))
+    nonlinear = SpatialHalting(8, "BN", 3).eval()
+    nonlinear.activation = torch.nn.LeakyReLU(0.1)  # act(norm(x)) is not affine in x
+    assert not supports_sparse_halting(nonlinear)
     with pytest.raises(ValueError, match="unsupported halting branch"):
         sparse_halting(GlobalHalting(8), torch.randn(1, 8, 3, 3), torch.ones(1, 1, 3, 3, dtype=torch.bool))
 

@@ -38,7 +38,8 @@ def _write_runs(tmp_path):
               "flops/extractor_gflops_std": 0.0, "flops/pct_of_dense_mean": 100.0, "flops/pct_of_r101_mean": 10.0},
              {"iteration": 119, "total_loss": 0.5}]
     (dense / "metrics.json").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
-    (dense / "config.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 50\n  SACT:\n    MODE: none\n    TAU: 0.0\n")
+    (dense / "config.yaml").write_text("MODEL:\n  RESNETS:\n    DEPTH: 50\n  SACT:\n    MODE: none\n    TAU: 0.0\n"
+                                       "DATASETS:\n  TEST:\n  - sact_demo_val\n")  # as detectron2 dumps it
     return sact, dense
 
 
@@ -120,7 +121,8 @@ def test_draw_ponder_maps_on_dataset_split(tmp_path, trained_weights):
 def test_draw_ponder_maps_draws_the_unit_policy_of_a_gated_detector(tmp_path):
     """AIG (one decision per unit and image): the right panel is the policy grid, orange where a unit ran."""
     written = draw_ponder_maps.main(["--config-file", "configs/Demo/aig_R_50_C4.yaml", "--dataset",
-                                     "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path)] + SMALL_TEST)
+                                     "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path),
+                                     "--random-weights"] + SMALL_TEST)
     img = np.asarray(Image.open(written[0]).convert("RGB")).astype(int)
     right = img[:, img.shape[1] // 2:]
     orange = (abs(right[..., 0] - 255) < 5) & (abs(right[..., 1] - 140) < 5) & (right[..., 2] < 5)
@@ -131,13 +133,15 @@ def test_draw_ponder_maps_bad_inputs(tmp_path):
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
     with pytest.raises(SystemExit, match=r"(?i)cannot (read|decode) image .*broken\.jpg"):
-        draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(bad), "--output", str(tmp_path)] + SMALL_TEST)
+        draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(bad), "--output", str(tmp_path),
+                               "--random-weights"] + SMALL_TEST)
     with pytest.raises(SystemExit, match=r"input image not found: .*nothere\.jpg"):
         draw_ponder_maps.main(["--config-file", DEMO_CFG, "--input", str(tmp_path / "nothere.jpg"),
-                               "--output", str(tmp_path)])
+                               "--output", str(tmp_path), "--random-weights"])
     with pytest.raises(SystemExit, match="no adaptive stage"):
         draw_ponder_maps.main(["--config-file", "configs/Demo/faster_rcnn_R_50_C4.yaml", "--dataset",
-                               "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path)] + SMALL_TEST)
+                               "sact_demo_tiny_val", "--num-images", "1", "--output", str(tmp_path),
+                               "--random-weights"] + SMALL_TEST)
 
 
 # ----------------------------------------------------------------------------- benchmark_train

@@ -50,16 +50,8 @@ def _train(out_dir, resume=False, crash_at=None, **extra):
     if crash_at is not None:
         trainer.register_hooks([CrashBefore(crash_at)])
     trainer.resume_or_load(resume=resume)
-    seen = []
-    trainer._trainer.data_loader  # noqa: B018  (built)
-    orig = trainer._trainer._data_loader_iter
-
-    def spy():
-        for batch in orig:
-            seen.append([d["image_id"] for d in batch])
-            yield batch
-
-    trainer._trainer._data_loader_iter = spy()
+    seen = []  # image ids of each training batch, recorded when the model receives it
+    trainer.model.register_forward_pre_hook(lambda _, args: seen.append([d["image_id"] for d in args[0]]))
     start = trainer.start_iter
     try:
         trainer.train()
@@ -79,6 +71,8 @@ def uninterrupted(tmp_path_factory):
 def test_resume_after_kill_equals_uninterrupted_run(uninterrupted, tmp_path):
     crashed = _train(tmp_path, crash_at=4)  # checkpoints after iterations 1 and 3, killed before 4
     assert open(tmp_path / "last_checkpoint").read() == "model_0000003.pth"
+    saved = torch.load(tmp_path / "model_0000003.pth", weights_only=False)["trainer"]
+    assert saved["iteration"] == 3 and saved["_trainer"]["optimizer"]["state"]  # AdamW moments, on 0.6 and main
     resumed = _train(tmp_path, resume=True)
     assert resumed["start"] == 4
     # the same images in the same order: iterations 0-3 before the kill, 4-5 after the resume
@@ -90,11 +84,24 @@ def test_resume_after_kill_equals_uninterrupted_run(uninterrupted, tmp_path):
         assert torch.equal(resumed["state"][k], v), k
 
 
-def test_resume_without_checkpoint_starts_at_zero(tmp_path):
-    cfg = load_config(DEMO_CFG, small_opts(tmp_path))
+def test_resume_without_checkpoint_starts_at_zero(tmp_path, caplog):
+    cfg = load_config(DEMO_CFG, small_opts(tmp_path, SEED="-1"))
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=True)
     assert trainer.start_iter == 0
+    # SEED -1: one drawn seed for weights, data stream and per-iteration seeds, recorded in the trainer's cfg
+    assert trainer.cfg.SEED >= 0 and trainer.data_loader.sampler.seed == trainer.cfg.SEED == trainer.base_seed
+    # a checkpoint without optimizer state (detectron2 0.6's DefaultTrainer) loads with a warning
+    trainer.load_state_dict({"iteration": 5})
+    assert trainer.iter == 5 and "no optimizer state" in caplog.text
+
+
+def test_sampler_stream_is_detectron2s_training_sampler():
+    from detectron2.data.samplers import TrainingSampler
+
+    for shuffle in (True, False):
+        ours, theirs = iter(ResumableTrainingSampler(5, shuffle, seed=4)), iter(TrainingSampler(5, shuffle, seed=4))
+        assert [next(ours) for _ in range(23)] == [next(theirs) for _ in range(23)]
 
 
 def test_sampler_start_continues_the_stream():
@@ -186,7 +193,7 @@ def test_eval_only_reports_ap_and_flops(tmp_path):
     import train_net
 
     args = train_net.build_parser().parse_args(
-        ["--config-file", DEMO_CFG, "--eval-only"]
+        ["--config-file", DEMO_CFG, "--eval-only", "--random-weights"]
         + small_opts(tmp_path, **{"DATASETS.TEST": '("sact_demo_tiny_val",)', "TEST.DETECTIONS_PER_IMAGE": "10"}))
     results = train_net.main(args)
     assert set(results) >= {"bbox", "flops", "ponder_eval"}

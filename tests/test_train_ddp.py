@@ -33,7 +33,8 @@ def test_two_process_gloo_training_all_positions_halt(tmp_path, halt_bias=10.0):
     # run and their parameters get no gradient (DDP must not fail on them).
     opts = small_opts(tmp_path / "out", **{"SOLVER.IMS_PER_BATCH": "4", "SOLVER.MAX_ITER": "3", "SOLVER.STEPS": "(2,)",
                                            "SOLVER.CHECKPOINT_PERIOD": "100",
-                                           "MODEL.SACT.HALT_BIAS_INIT": str(halt_bias)})
+                                           "MODEL.SACT.HALT_BIAS_INIT": str(halt_bias),
+                                           "MODEL.SACT.HALT_INIT": "zeros"})
     launch(_ddp_worker, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(opts, str(tmp_path)))
     r0 = torch.load(tmp_path / "rank0.pth", weights_only=False)
     r1 = torch.load(tmp_path / "rank1.pth", weights_only=False)

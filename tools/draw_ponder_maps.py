@@ -12,7 +12,19 @@ per stage, a cell per unit, orange where the unit ran.
     python tools/draw_ponder_maps.py --config-file CFG --dataset sact_demo_val --num-images 8 \
         --output ponder_maps MODEL.WEIGHTS model_final.pth
 
-All maps of one call share the colour scale (override with --vmin / --vmax).
+Classifier configs (those that set SACT_CLS, e.g. configs/Classification/*.yaml) draw the classifier's
+ponder map on whole images, as the original code's imagenet_ponder_map: each image is shrunk so its
+longer side is at most --max-size (default 640; the original advises 320x240 to 640x480), given the
+classifier's eval preprocessing without the centre crop / resize to 224, and drawn as
+image | ponder cost (sum over the adaptive stages, upsampled to the image) with the top-5 logit
+indices in the title (1001-logit ImageNet nets: index 0 = background):
+
+    python tools/draw_ponder_maps.py --config-file configs/Classification/imagenet_R_101_sact_tau0.005_original.yaml \
+        --input photo.jpg 'more/*.jpg' --output ponder_maps \
+        MODEL.WEIGHTS pretrained/imagenet_101_sact_5e-3/model_classifier.pth MODEL.DEVICE cpu
+
+All maps of one call share the colour scale (override with --vmin / --vmax). MODEL.WEIGHTS is
+required (an existing file or a URL; classifiers: a file) unless --random-weights is given.
 """
 import argparse
 import glob
@@ -30,6 +42,7 @@ from detectron2.data import transforms as T  # noqa: E402
 from detectron2.engine import DefaultPredictor  # noqa: E402
 
 from sact_det.data.mapper import read_image_checked  # noqa: E402
+from sact_det.engine.checks import add_random_weights_flag, check_weights  # noqa: E402
 from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.engine.trainer import ensure_registered  # noqa: E402
 from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
@@ -48,8 +61,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--num-images", type=int, default=0, help="at most this many images (0: all)")
     p.add_argument("--output", required=True, help="output folder for the PNGs")
     p.add_argument("--score-thresh", type=float, default=0.5, help="draw detections above this score")
+    p.add_argument("--max-size", type=int, default=640,
+                   help="classifier configs: shrink images so the longer side is at most this (0: keep)")
     p.add_argument("--vmin", type=float, default=None, help="colour scale minimum (default: over all images)")
     p.add_argument("--vmax", type=float, default=None, help="colour scale maximum (default: over all images)")
+    add_random_weights_flag(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS x.pth")
     return p.parse_args(argv)
 
@@ -164,8 +180,44 @@ def output_names(files: List[str], out_dir: str) -> List[str]:
     return [os.path.join(out_dir, (f"{i:04d}_" if s in dup else "") + f"{s}_ponder.png") for i, s in enumerate(stems)]
 
 
+def shared_scale(maps: List[np.ndarray], vmin: Optional[float], vmax: Optional[float]) -> Tuple[float, float]:
+    """Colour scale of one call: --vmin / --vmax, else the range over all maps."""
+    maps = maps or [np.zeros(1)]
+    lo = vmin if vmin is not None else float(min(m.min() for m in maps))
+    hi = vmax if vmax is not None else float(max(m.max() for m in maps))
+    return lo, (hi if hi > lo else lo + 1e-3)
+
+
+def run_classifier(args) -> List[str]:
+    """Classifier configs: one image | ponder-map PNG per input image (sact_det.classification.ponder_maps)."""
+    from sact_det.classification.config import get_classification_cfg
+    from sact_det.classification.ponder_maps import (classifier_ponder_map, draw_classifier_ponder_map,
+                                                     drawing_transform, load_drawing_classifier)
+
+    if args.dataset:
+        raise ValueError("--dataset takes a detection dataset; for a classifier config pass images with --input")
+    cfg = load_config(args.config_file, args.opts, base=get_classification_cfg())
+    check_weights(cfg.MODEL.WEIGHTS, required=True, random_weights=args.random_weights)
+    files = expand_inputs(args.input)
+    if args.num_images > 0:
+        files = files[: args.num_images]
+    cfg.freeze()
+    model = load_drawing_classifier(cfg)
+    transform = drawing_transform(cfg)
+    results = [classifier_ponder_map(model, cfg, f, args.max_size, transform) for f in files]
+    vmin, vmax = shared_scale([r.ponder_image.numpy() for r in results], args.vmin, args.vmax)
+    background = bool(cfg.SACT_CLS.get("BACKGROUND_CLASS", False))
+    return [draw_classifier_ponder_map(r, out, vmin, vmax, background)
+            for r, out in zip(results, output_names(files, args.output))]
+
+
 def run(args) -> List[str]:
+    from sact_det.classification.ponder_maps import is_classification_config
+
+    if is_classification_config(args.config_file, args.opts):
+        return run_classifier(args)
     cfg = load_config(args.config_file, args.opts)
+    check_weights(cfg.MODEL.WEIGHTS, required=True, random_weights=args.random_weights)
     if args.dataset:
         ensure_registered([args.dataset])
         files = [d["file_name"] for d in DatasetCatalog.get(args.dataset)]
@@ -181,11 +233,7 @@ def run(args) -> List[str]:
         raise FileNotFoundError("no images to draw")
     cfg.freeze()
     records = predict(cfg, files)
-    maps = [r["ponder_map"] for r in records if "ponder_map" in r] or [np.zeros(1)]
-    vmin = args.vmin if args.vmin is not None else float(min(m.min() for m in maps))
-    vmax = args.vmax if args.vmax is not None else float(max(m.max() for m in maps))
-    if vmax <= vmin:
-        vmax = vmin + 1e-3
+    vmin, vmax = shared_scale([r["ponder_map"] for r in records if "ponder_map" in r], args.vmin, args.vmax)
 
     meta_backbone = build_meta_backbone(cfg)
     written = []

@@ -3,13 +3,15 @@
 fixations with the MIT saliency metrics; per-category and overall tables as CSV + JSON, pictures.
 
 Examples:
-  # real CAT2000 (train split has fixations), COCO SACT detector, paper post-processing:
+  # real CAT2000 (train split has fixations), COCO SACT detector, the paper's input size and
+  # softmax temperature 1/5 (the other post-processing steps are this project's defaults):
   SACT_CAT2000_ROOT=/data/CAT2000 python tools/eval_saliency.py \\
       --config-file configs/COCO-Detection/<sact config>.yaml --dataset cat2000_train \\
       --output output/saliency MODEL.WEIGHTS /path/model_final.pth SACT_SALIENCY.INPUT_SIZE 640,360
   # the demo data (object masks act as fixations), baselines only:
   python tools/eval_saliency.py --dataset sact_demo_val --baselines-only --output output/sal_demo
-Trailing KEY VALUE pairs override the config (e.g. SACT_SALIENCY.TEMPERATURE 0.2).
+Trailing KEY VALUE pairs override the config (e.g. SACT_SALIENCY.TEMPERATURE 0.2). Scoring SACT maps
+needs MODEL.WEIGHTS (an existing file or a URL) unless --random-weights is given.
 """
 import argparse
 import logging
@@ -27,7 +29,8 @@ from detectron2.data import DatasetCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from sact_det.engine.setup_config import load_config  # noqa: E402
+from sact_det.engine.checks import add_random_weights_flag, check_device, check_weights  # noqa: E402
+from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.evaluation.saliency import validate_saliency_cfg  # noqa: E402  (adds SACT_SALIENCY keys)
 from sact_det.evaluation.saliency_evaluator import SaliencyEvaluator  # noqa: E402
 
@@ -43,18 +46,25 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
     p.add_argument("--max-images", type=int, default=0,
                    help="score at most this many images, taken round-robin over categories (0 = all)")
     p.add_argument("--num-threads", type=int, default=0, help="torch CPU threads (0 = torch default)")
+    add_random_weights_flag(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p.parse_args(argv)
 
 
 def setup_cfg(args: argparse.Namespace):
-    """Defaults + --config-file + KEY VALUE overrides (errors name file / key); CPU if no CUDA."""
-    cfg = load_config(args.config_file, args.opts)  # get_sact_cfg() includes cfg.SACT_SALIENCY
+    """Defaults + --config-file + KEY VALUE overrides (errors name file / key); MODEL.DEVICE and
+    MODEL.WEIGHTS are checked when SACT maps are scored (a model is run)."""
+    cfg = load_config(args.config_file, args.opts, check_device=False)  # includes cfg.SACT_SALIENCY
     if args.baselines_only:
         cfg.SACT_SALIENCY.METHODS = [m for m in cfg.SACT_SALIENCY.METHODS if m != "sact"]
     validate_saliency_cfg(cfg)
-    if "sact" in cfg.SACT_SALIENCY.METHODS and not args.config_file:
-        raise SystemExit("--config-file is required to score SACT maps (or pass --baselines-only)")
+    if "sact" in cfg.SACT_SALIENCY.METHODS:
+        if not args.config_file:
+            raise SystemExit("--config-file is required to score SACT maps (or pass --baselines-only)")
+        check_device(cfg)
+        check_weights(cfg.MODEL.WEIGHTS, required=True, random_weights=args.random_weights)
+    elif args.random_weights:
+        raise ConfigError("--random-weights: no model is run (--baselines-only or SACT_SALIENCY.METHODS without sact)")
     cfg.freeze()
     return cfg
 
@@ -131,7 +141,10 @@ def main(argv: Optional[List[str]] = None):
         torch.set_num_threads(args.num_threads)
     setup_logger(name="sact_det")
     setup_logger(name="detectron2")
-    cfg = setup_cfg(args)
+    try:
+        cfg = setup_cfg(args)
+    except ConfigError as e:
+        sys.exit(f"eval_saliency.py: error: {e}")
     return run(cfg, args.dataset, args.output, args.max_images)
 
 

@@ -10,16 +10,18 @@ the per-image FLOPs std as horizontal error bars) and <output>.csv, and prints t
     python tools/plot_tradeoff.py output/demo/sact_R_50_C4 output/demo/faster_rcnn_R_50_C4 --x dense
 
 --x r101 (default): % of the dense ResNet-101 extractor (the paper's axis); dense: % of the dense
-extractor of the same architecture; gflops: absolute GFLOPs per image.
+extractor of the same architecture; gflops: absolute GFLOPs per image. All runs must have evaluated
+the same dataset (an error otherwise); --paper needs --x r101.
 """
 import argparse
 import csv
 import json
 import os
+import re
 import sys
 from typing import Dict, List, Optional
 
-# Published COCO results (REFERENCE.md): label, FLOPs % of the ResNet-101 extractor, std, mAP.
+# Published COCO results (the SACT paper, Table 3): label, FLOPs % of the ResNet-101 extractor, std, mAP.
 PAPER_POINTS = [
     ("paper ResNet-101", 100.0, 0.0, 29.24),
     ("paper ResNet-50", 46.6, 0.0, 25.56),
@@ -34,17 +36,20 @@ X_AXES = {
 MARKERS = {"sact": ("o", "tab:blue"), "act": ("o", "tab:blue"), "aig": ("D", "tab:green"),
            "blockdrop": ("v", "tab:purple"), "none": ("s", "tab:red")}  # mode -> (marker, colour)
 COLUMNS = ["label", "mode", "tau", "depth", "AP", "AP50", "AP75", "gflops", "gflops_std", "dense_gflops",
-           "pct_dense", "pct_dense_std", "pct_r101", "pct_r101_std", "ponder_total", "units_frac", "source"]
+           "pct_dense", "pct_dense_std", "pct_r101", "pct_r101_std", "ponder_total", "units_frac", "dataset",
+           "source"]
 
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("runs", nargs="+", help="run folders or their eval_results.json / metrics.json")
     p.add_argument("--labels", default="", help="comma-separated labels (default: from each run's config)")
-    p.add_argument("--dataset", default="", help="which evaluated dataset to use when a run has several")
+    p.add_argument("--dataset", default="",
+                   help="which evaluated dataset to use when a run has several (all runs must evaluate the same one)")
     p.add_argument("--x", choices=sorted(X_AXES), default="r101", help="FLOPs axis")
     p.add_argument("--output", default="tradeoff", help="output path without extension (.png and .csv)")
-    p.add_argument("--paper", action="store_true", help="add the paper's COCO points (only with --x r101)")
+    p.add_argument("--paper", action="store_true",
+                   help="add the paper's COCO points (only with --x r101; an error otherwise)")
     p.add_argument("--no-plot", action="store_true", help="only the table and the CSV")
     return p.parse_args(argv)
 
@@ -73,8 +78,23 @@ def _flatten(d: Dict, prefix: str = "") -> Dict[str, float]:
     return out
 
 
+_DATASET_PREFIX = re.compile(r"(.+?)/(?:bbox/AP$|flops/)")
+
+
+def _pick_dataset(path: str, evaluated: List[str], dataset: str) -> str:
+    """``dataset`` if given (and evaluated), else the only evaluated one; ValueError otherwise."""
+    if dataset:
+        if dataset not in evaluated:
+            raise ValueError(f"{path}: dataset {dataset!r} not evaluated; it has {sorted(evaluated)}")
+        return dataset
+    if len(evaluated) > 1:
+        raise ValueError(f"{path}: evaluates several datasets {sorted(evaluated)}; choose one with --dataset")
+    return evaluated[0]
+
+
 def load_run(path: str, dataset: str = "") -> Dict[str, object]:
-    """One run's flat metrics ("bbox/AP", "flops/extractor_gflops_mean", ...) plus its mode / tau / depth."""
+    """One run's flat metrics ("bbox/AP", "flops/extractor_gflops_mean", ...), the evaluated dataset
+    (None if the results do not tell and there is no config.yaml beside them) and mode / tau / depth."""
     folder = path if os.path.isdir(path) else os.path.dirname(path)
     info: Dict[str, object] = {}
     if os.path.isdir(path):
@@ -86,24 +106,45 @@ def load_run(path: str, dataset: str = "") -> Dict[str, object]:
             raise FileNotFoundError(f"{folder}: neither eval_results.json nor metrics.json (was the run evaluated?)")
     if not os.path.isfile(path):
         raise FileNotFoundError(f"run results not found: {path}")
+    cfg_info = _config_info(os.path.join(folder, "config.yaml"))
     if path.endswith("metrics.json"):
         flat = _last_eval_in_metrics(path)
+        prefixed = sorted({m.group(1) for m in map(_DATASET_PREFIX.match, flat) if m})  # "<dataset>/bbox/AP"
+        if prefixed:  # several datasets evaluated: detectron2 prefixes each metric with its dataset
+            name = _pick_dataset(path, prefixed, dataset)
+            flat = {k.split("/", 1)[1]: v for k, v in flat.items() if k.startswith(name + "/")}
+        else:  # one dataset: detectron2 writes no name; config.yaml's DATASETS.TEST tells which
+            name = cfg_info.get("dataset")
+            if dataset and name is not None and name != dataset:
+                raise ValueError(f"{path}: dataset {dataset!r} not evaluated; it has ['{name}'] (config.yaml)")
     else:
         with open(path) as f:
             data = json.load(f)
         datasets = data.get("datasets", {})
         if not datasets:
             raise ValueError(f"{path}: no 'datasets' entry")
-        if dataset and dataset not in datasets:
-            raise ValueError(f"{path}: dataset {dataset!r} not evaluated; it has {sorted(datasets)}")
-        flat = _flatten(datasets[dataset or sorted(datasets)[0]])
+        name = _pick_dataset(path, list(datasets), dataset)
+        flat = _flatten(datasets[name])
         info.update(data.get("sact", {}))
     if info.get("mode", "none") == "none":  # no results metadata, or MODE none: AIG / BlockDrop tell by their backbone
-        from_cfg = _config_info(os.path.join(folder, "config.yaml"))
-        if "mode" not in info or from_cfg.get("mode") in ("aig", "blockdrop"):
-            info.update(from_cfg)
-    flat = {k.split("/", 1)[1] if k.count("/") >= 2 else k: v for k, v in flat.items()}  # drop dataset prefix
-    return {"metrics": flat, "source": path, **info}
+        if "mode" not in info or cfg_info.get("mode") in ("aig", "blockdrop"):
+            info.update({k: v for k, v in cfg_info.items() if k != "dataset"})
+    return {"metrics": flat, "source": path, "dataset": name, **info}
+
+
+def check_same_dataset(runs: List[Dict[str, object]]) -> Optional[str]:
+    """The dataset all ``runs`` evaluated; ValueError if they differ or one cannot tell (several runs)."""
+    names = {r["dataset"] for r in runs}
+    if len(runs) > 1 and None in names:
+        unknown = [str(r["source"]) for r in runs if r["dataset"] is None]
+        raise ValueError(f"cannot tell which dataset {', '.join(unknown)} evaluated (no dataset name in the "
+                         f"results and no config.yaml with one DATASETS.TEST beside them); results of "
+                         f"different datasets cannot be compared")
+    if len(names) > 1:
+        per_run = ", ".join(f"{r['source']}: {r['dataset']}" for r in runs)
+        raise ValueError(f"the runs evaluate different datasets ({per_run}); compare runs on one dataset "
+                         f"(--dataset picks it in runs that evaluated several)")
+    return next(iter(names))
 
 
 def _config_info(config_yaml: str) -> Dict[str, object]:
@@ -117,7 +158,15 @@ def _config_info(config_yaml: str) -> Dict[str, object]:
     sact = model.get("SACT", {})
     backbone = str(model.get("BACKBONE", {}).get("NAME", ""))
     mode = next((m for m in ("aig", "blockdrop") if m in backbone), sact.get("MODE", "none"))
-    return {"mode": mode, "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
+    info = {"mode": mode, "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
+    test = cfg.get("DATASETS", {}).get("TEST", [])
+    if isinstance(test, str):  # a hand-written "('name',)"
+        import ast
+
+        test = ast.literal_eval(test)
+    if isinstance(test, (list, tuple)) and len(test) == 1:
+        info["dataset"] = str(test[0])
+    return info
 
 
 def _default_label(run: Dict[str, object]) -> str:
@@ -145,7 +194,7 @@ def table_row(run: Dict[str, object], label: Optional[str] = None) -> Dict[str, 
         "pct_dense": get("flops/pct_of_dense_mean"), "pct_dense_std": get("flops/pct_of_dense_std"),
         "pct_r101": get("flops/pct_of_r101_mean"), "pct_r101_std": get("flops/pct_of_r101_std"),
         "ponder_total": get("ponder_eval/total_mean"), "units_frac": get("ponder_eval/units_frac"),
-        "source": run["source"],
+        "dataset": run.get("dataset"), "source": run["source"],
     }
 
 
@@ -183,6 +232,9 @@ def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = Fa
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if paper and x_axis != "r101":
+        raise ValueError(f"the paper's points are % of dense ResNet-101 FLOPs: they cannot be drawn with x axis "
+                         f"{x_axis!r}")
     xk, xerrk, xlabel = X_AXES[x_axis]
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     sact = sorted((r for r in rows if r["mode"] in ("sact", "act") and r[xk] is not None and r["AP"] is not None),
@@ -195,7 +247,7 @@ def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = Fa
         fmt, color = MARKERS.get(r["mode"], MARKERS["none"])
         ax.errorbar(r[xk], r["AP"], xerr=r[xerrk] or 0.0, fmt=fmt, capsize=4, color=color)
         ax.annotate(str(r["label"]), (r[xk], r["AP"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
-    if paper and x_axis == "r101":
+    if paper:
         for label, x, xerr, ap in PAPER_POINTS:
             ax.errorbar(x, ap, xerr=xerr, fmt="^", capsize=4, color="gray", alpha=0.8)
             ax.annotate(label, (x, ap), textcoords="offset points", xytext=(6, -12), fontsize=7, color="gray")
@@ -213,10 +265,18 @@ def main(argv=None) -> List[Dict[str, object]]:
     labels = [s.strip() for s in args.labels.split(",")] if args.labels else []
     if labels and len(labels) != len(args.runs):
         sys.exit(f"plot_tradeoff.py: error: {len(labels)} labels for {len(args.runs)} runs")
+    if args.paper and args.x != "r101":
+        sys.exit(f"plot_tradeoff.py: error: --paper draws the paper's points at % of dense ResNet-101 FLOPs; "
+                 f"they cannot be drawn with --x {args.x} (use --x r101)")
+    if args.paper and args.no_plot:
+        sys.exit("plot_tradeoff.py: error: --paper adds points to the plot; it has no effect with --no-plot")
     try:
-        rows = [table_row(load_run(p, args.dataset), labels[i] if labels else None) for i, p in enumerate(args.runs)]
+        runs = [load_run(p, args.dataset) for p in args.runs]
+        dataset = check_same_dataset(runs)
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"plot_tradeoff.py: error: {e}")
+    rows = [table_row(run, labels[i] if labels else None) for i, run in enumerate(runs)]
+    print(f"dataset: {dataset or 'not recorded'}")
     print(format_table(rows))
     out_dir = os.path.dirname(os.path.abspath(args.output))
     os.makedirs(out_dir, exist_ok=True)

@@ -4,7 +4,10 @@
     python tools/train_net.py --config-file configs/Demo/sact_R_50_C4.yaml
     python tools/train_net.py --config-file CFG --num-gpus 8 [--resume] [KEY VALUE ...]
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS path/to/model_final.pth
+    python tools/train_net.py --config-file CFG --eval-only --random-weights   # score random weights
 
+--eval-only needs MODEL.WEIGHTS (or --resume with a checkpoint in OUTPUT_DIR) unless --random-weights
+is given; a MODEL.WEIGHTS file that does not exist and MODEL.DEVICE cuda without CUDA are errors.
 Evaluation prints COCO AP and a FLOPs table (feature-extractor FLOPs per image, % of the dense
 same-architecture and ResNet-101 extractors, ponder cost per stage) and writes them to
 OUTPUT_DIR/eval_results.json (and metrics.json during training). Without CUDA, --num-gpus N
@@ -22,13 +25,25 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 from sact_det.compat import launch  # noqa: E402
 from sact_det.engine.checkpoint import AtomicDetectionCheckpointer  # noqa: E402
+from sact_det.engine.checks import add_random_weights_flag, check_weights  # noqa: E402
 from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.engine.trainer import Trainer  # noqa: E402
 
 
-def setup(args):
-    """Config from --config-file and overrides, frozen; logging, output dir and seeds via default_setup."""
+def load_checked_config(args):
+    """Config from --config-file and overrides; ConfigError for a bad config, MODEL.DEVICE or MODEL.WEIGHTS."""
     cfg = load_config(args.config_file, args.opts)
+    if args.random_weights and not args.eval_only:
+        raise ConfigError("--random-weights only applies to --eval-only (training starts from MODEL.WEIGHTS, "
+                          "or from random weights when it is empty)")
+    check_weights(cfg.MODEL.WEIGHTS, required=args.eval_only, random_weights=args.random_weights,
+                  resume_dir=cfg.OUTPUT_DIR if args.resume else None)
+    return cfg
+
+
+def setup(args):
+    """Checked config, frozen; logging, output dir and seeds via default_setup."""
+    cfg = load_checked_config(args)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="sact_det")  # FLOPs table, notes
@@ -50,6 +65,7 @@ def main(args):
 def build_parser():
     parser = default_argument_parser(epilog=__doc__)
     parser.set_defaults(dist_url="auto")
+    add_random_weights_flag(parser)
     for action in parser._actions:
         if action.dest == "num_gpus":
             action.help = "processes per machine: GPUs, or CPU processes (gloo) when CUDA is unavailable"
@@ -61,7 +77,7 @@ def build_parser():
 def cli(argv=None) -> None:
     args = build_parser().parse_args(argv)
     try:
-        load_config(args.config_file, args.opts)  # fail early, before any process is started
+        load_checked_config(args)  # fail early, before any process is started
     except ConfigError as e:
         sys.exit(f"train_net.py: error: {e}")
     print("Command Line Args:", args)

@@ -70,6 +70,11 @@ def _install_finder() -> None:
         sys.meta_path.insert(0, _FINDER)
 
 
+def not_yet_imported(names: Sequence[str]) -> List[str]:
+    """The modules of `names` that have not been imported yet (a `before` hook can still run)."""
+    return [n for n in names if n not in sys.modules]
+
+
 def when_imported(
     name: str, after: Optional[AfterHook] = None, before: Optional[BeforeHook] = None
 ) -> None:

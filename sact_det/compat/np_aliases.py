@@ -1,6 +1,7 @@
-"""numpy >= 1.24 / 2.x removed the aliases np.int, np.float, np.object, np.str, ... that
-detectron2 0.6 still uses. Instead of adding them to numpy for everybody, the detectron2 modules
-that use them get a numpy view that has them (`module.np`), and nothing else changes.
+"""numpy >= 1.24 removed the aliases np.int, np.float, np.object, np.str, ... (numpy 2 brought
+np.bool back) that detectron2 0.6 still uses. Instead of adding them to numpy for everybody, each
+detectron2 module whose source reads an alias this numpy lacks gets a numpy view that has them
+(`module.np`); numpy itself and every other module are left alone.
 """
 import types
 import warnings
@@ -8,22 +9,13 @@ from typing import Dict, List
 
 import numpy
 
+from . import _source
 from ._hooks import when_imported
+from ._registry import Patch, record
 
 # The builtins numpy < 1.24 exported under these names.
 _REMOVED = {"bool": bool, "int": int, "float": float, "complex": complex, "object": object,
             "str": str, "unicode": str, "long": int}
-
-# detectron2 0.6 modules that use a removed alias (found by grepping its sources for np.<alias>).
-MODULES = (
-    "detectron2.data.build",  # np.int in print_instances_class_histogram (training data loader)
-    "detectron2.structures.masks",  # np.bool (present again in numpy 2, kept for numpy 1.24-1.26)
-    "detectron2.utils.visualizer",  # np.bool (panoptic drawing)
-    "detectron2.utils.video_visualizer",  # np.bool
-    "detectron2.evaluation.sem_seg_evaluation",  # np.int, np.float
-    "detectron2.evaluation.pascal_voc_evaluation",  # np.bool
-    "detectron2.data.datasets.pascal_voc",  # np.str
-)
 
 
 def missing_aliases() -> Dict[str, type]:
@@ -31,6 +23,18 @@ def missing_aliases() -> Dict[str, type]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # numpy warns on access to some removed names
         return {k: v for k, v in _REMOVED.items() if not hasattr(numpy, k)}
+
+
+def modules_using(aliases: Dict[str, type], top: str = "detectron2") -> Dict[str, List[str]]:
+    """{module: [alias, ...]} for the modules below `top` that read `np.<alias>` for an alias."""
+    found = {}
+    pattern = r"\bnp\.(%s)\b" % "|".join(aliases)
+    for name in _source.modules_matching(top, "np.", pattern):
+        tree = _source.module_tree(name)
+        used = [a for a in _source.attribute_uses(tree, "np") if a in aliases] if tree else []
+        if used:
+            found[name] = used
+    return found
 
 
 def numpy_with_aliases() -> types.ModuleType:
@@ -43,15 +47,25 @@ def numpy_with_aliases() -> types.ModuleType:
 
 
 def _patch(module: types.ModuleType) -> None:
-    # numpy >= 1.24 vs detectron2 0.6: removed np.<builtin> aliases.
     if getattr(module, "np", None) is numpy:
         module.np = numpy_with_aliases()
 
 
-def apply() -> List[str]:
-    """Register the per-module bridge (only when this numpy lacks aliases); returns the modules."""
-    if not missing_aliases():
+def apply() -> List[Patch]:
+    """Register the per-module numpy view where a module uses an alias this numpy lacks."""
+    missing = missing_aliases()
+    users = modules_using(missing) if missing else {}
+    if not users:
         return []
-    for name in MODULES:
+    for name in users:
         when_imported(name, after=_patch)
-    return list(MODULES)
+    used = sorted({a for aliases in users.values() for a in aliases})
+    patch = Patch(
+        "numpy_removed_aliases",
+        "np in " + ", ".join(users),
+        f"numpy {numpy.__version__} lacks np.{', np.'.join(used)}, which these modules read",
+        "their module-level `np` becomes a numpy view with the removed aliases (numpy itself "
+        "unchanged)",
+    )
+    record(patch)
+    return [patch]

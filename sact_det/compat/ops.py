@@ -1,19 +1,29 @@
-"""Compiled detectron2 ops (`detectron2._C`) for a pure-Python detectron2 0.6 install.
+"""detectron2's compiled ops (`detectron2._C`) when this detectron2 has none.
 
-With a detectron2 built from source (`detectron2._C` importable) nothing here is applied.
-Without it: `detectron2._C` becomes a placeholder module so that ``from detectron2 import _C``
-succeeds; deformable convolution runs through `torchvision.ops.deform_conv2d` (forward and
-backward, CPU and GPU); rotated-box ops raise `MissingCompiledOpError` saying how to get them.
+Nothing here is applied when `detectron2._C` imports (a detectron2 built from source). Without it,
+each decision reads the module's source (see `apply`):
+
+- deformable convolution: where `detectron2.layers.deform_conv` calls `_C` kernels, its
+  `deform_conv` / `modulated_deform_conv` run through `torchvision.ops.deform_conv2d` (forward and
+  backward, CPU and GPU). While that module executes, `from detectron2 import _C` binds a
+  placeholder, so detectron2 0.6 imports and detectron2 main keeps its real `DeformConv` classes
+  instead of its "not compiled" dummies; the placeholder is removed right after.
+- rotated-box ops: where `nms_rotated`, `pairwise_iou_rotated`, `roi_align_rotated` call `_C` or
+  `torch.ops.detectron2`, they raise `MissingCompiledOpError` saying how to get them.
 """
+import ast
 import importlib.util
+import re
 import types
 import warnings
-from typing import Optional, Tuple, Union
+from typing import Callable, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch.nn.modules.utils import _pair
 
+from . import _source
 from ._hooks import when_imported
+from ._registry import Patch, record
 
 BUILD_HINT = (
     "Build detectron2 from source into this environment "
@@ -57,11 +67,11 @@ def compiled_state() -> Tuple[bool, str]:
     return _STATE
 
 
-def _missing(op: str):
+def _missing(op: str) -> Callable[..., None]:
     def raise_missing(*args, **kwargs):
         raise MissingCompiledOpError(
             f"{op} needs detectron2's compiled ops (detectron2._C), which this detectron2 install "
-            f"lacks (pure-Python detectron2 0.6 from the package index). {BUILD_HINT}"
+            f"lacks (a pure-Python detectron2). {BUILD_HINT}"
         )
 
     raise_missing.__name__ = op.rsplit(".", 1)[-1]
@@ -69,18 +79,61 @@ def _missing(op: str):
 
 
 def _placeholder_c_module() -> types.ModuleType:
-    stub = types.ModuleType("detectron2._C", "Placeholder: detectron2 was installed without _C.")
+    stub = types.ModuleType("detectron2._C", "sact_det placeholder: this detectron2 has no _C.")
 
     def __getattr__(name: str):
         if name.startswith("__"):
             raise AttributeError(name)
         raise AttributeError(
             f"detectron2._C.{name} is a compiled op that this detectron2 install lacks "
-            f"(pure-Python detectron2 0.6). {BUILD_HINT}"
+            f"(a pure-Python detectron2). {BUILD_HINT}"
         )
 
     stub.__getattr__ = __getattr__  # type: ignore[attr-defined]
     return stub
+
+
+def provide_c_during_import() -> Optional[Callable[[], None]]:
+    """Before-hook: bind `detectron2._C` to a placeholder while one module executes.
+
+    `from detectron2 import _C` then succeeds in that module (its `_C` raises a clear error on
+    use); afterwards the package attribute is removed again, so other modules (and
+    `import detectron2._C`, used by collect_env) still see that _C is missing.
+    """
+    import detectron2
+
+    if "_C" in vars(detectron2):
+        return None
+    placeholder = _placeholder_c_module()
+    detectron2._C = placeholder  # type: ignore[attr-defined]
+
+    def undo() -> None:
+        if vars(detectron2).get("_C") is placeholder:
+            del detectron2._C
+
+    return undo
+
+
+def uses_compiled_ops(module: str) -> List[str]:
+    """The compiled-op references in `module`'s source: `_C.x` and `torch.ops.detectron2.x`."""
+    tree = _source.module_tree(module)
+    if tree is None:
+        return []
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute):
+            name = _source.dotted(node)
+            if name.startswith("_C.") and name.count(".") == 1:
+                found.add(name)
+            elif name.startswith("torch.ops.detectron2.") and name.count(".") == 3:
+                found.add(name)
+    return sorted(found)
+
+
+def imports_c(module: str) -> bool:
+    """True when `module` does `from detectron2 import _C` at module level (guarded or not)."""
+    tree = _source.module_tree(module)
+    return tree is not None and any(_source.imports_at_module_level(tree, "detectron2", "_C"))
 
 
 def _check_channels(name: str, t: torch.Tensor, per_group: int, groups: int, kernel: str) -> None:
@@ -155,38 +208,66 @@ def modulated_deform_conv(
 
 
 def _patch_deform_conv(module: types.ModuleType) -> None:
-    # detectron2 0.6 without _C: its autograd Functions call _C (and have no CPU backward).
-    module.deform_conv = deform_conv
-    module.modulated_deform_conv = modulated_deform_conv
+    for name, fn in (("deform_conv", deform_conv), ("modulated_deform_conv", modulated_deform_conv)):
+        if hasattr(module, name):
+            setattr(module, name, fn)
 
 
-def _patch_nms(module: types.ModuleType) -> None:
-    # detectron2 0.6 without _C: torch.ops.detectron2.nms_rotated is not registered.
-    module.nms_rotated = _missing("detectron2.layers.nms_rotated")
+# module -> the function in it that needs a compiled op, for rotated boxes
+ROTATED_OPS: Dict[str, str] = {
+    "detectron2.layers.nms": "nms_rotated",
+    "detectron2.layers.rotated_boxes": "pairwise_iou_rotated",
+    "detectron2.layers.roi_align_rotated": "roi_align_rotated",
+}
 
 
-def _patch_rotated_boxes(module: types.ModuleType) -> None:
-    # detectron2 0.6 without _C: box_iou_rotated is a compiled op.
-    module.pairwise_iou_rotated = _missing("detectron2.layers.pairwise_iou_rotated")
+def _patch_rotated(name: str) -> Callable[[types.ModuleType], None]:
+    def patch(module: types.ModuleType) -> None:
+        if hasattr(module, name):
+            setattr(module, name, _missing(f"{module.__name__}.{name}"))
+
+    patch.__name__ = f"_patch_{name}"
+    return patch
 
 
-def _patch_roi_align_rotated(module: types.ModuleType) -> None:
-    # detectron2 0.6 without _C: ROIAlignRotated forward/backward are compiled ops.
-    module.roi_align_rotated = _missing("detectron2.layers.ROIAlignRotated")
-
-
-def apply() -> bool:
-    """Install the fallbacks if detectron2._C is missing. Returns True when they are in use."""
-    if has_compiled_ops():
-        return False
-    import detectron2
-
-    if not isinstance(getattr(detectron2, "_C", None), types.ModuleType):
-        # detectron2 0.6 pure-Python: `from detectron2 import _C` must bind something; only the
-        # package attribute is set, so `import detectron2._C` still fails (truthful collect_env).
-        detectron2._C = _placeholder_c_module()  # type: ignore[attr-defined]
-    when_imported("detectron2.layers.deform_conv", after=_patch_deform_conv)
-    when_imported("detectron2.layers.nms", after=_patch_nms)
-    when_imported("detectron2.layers.rotated_boxes", after=_patch_rotated_boxes)
-    when_imported("detectron2.layers.roi_align_rotated", after=_patch_roi_align_rotated)
-    return True
+def apply() -> List[Patch]:
+    """Decide and register the _C fallbacks (none when detectron2._C loads)."""
+    ok, state = compiled_state()
+    if ok:
+        return []
+    patches = []
+    module = "detectron2.layers.deform_conv"
+    kernels = [k for k in uses_compiled_ops(module) if k.startswith("_C.")]
+    if kernels:
+        if imports_c(module):
+            when_imported(module, before=provide_c_during_import)
+        when_imported(module, after=_patch_deform_conv)
+        patches.append(Patch(
+            "deform_conv_torchvision",
+            f"{module}.deform_conv, .modulated_deform_conv",
+            f"{state}; {module} calls {len(kernels)} _C kernels ({', '.join(kernels[:2])}, ...)",
+            "torchvision.ops.deform_conv2d (forward + backward, CPU and GPU); a placeholder _C "
+            "only while that module executes, so DeformConv / ModulatedDeformConv are the real "
+            "classes",
+        ))
+    replaced, found = [], []
+    for module, func in ROTATED_OPS.items():
+        ops = uses_compiled_ops(module)
+        if not ops or not re.search(rf"\b{func}\b", _source.module_source(module) or ""):
+            continue
+        if imports_c(module):
+            when_imported(module, before=provide_c_during_import)
+        when_imported(module, after=_patch_rotated(func))
+        replaced.append(f"{module}.{func}")
+        found.append(ops[0])
+    if replaced:
+        patches.append(Patch(
+            "rotated_ops_error",
+            ", ".join(replaced),
+            f"{state}; they call {', '.join(found)}",
+            "raise MissingCompiledOpError with build instructions (instead of an "
+            "'operator not found' / import error)",
+        ))
+    for p in patches:
+        record(p)
+    return patches

@@ -1,14 +1,58 @@
-"""Pillow >= 10 removed `Image.LINEAR`, which detectron2 0.6 uses as a default argument."""
-from typing import List
+"""Pillow >= 10 removed `Image.LINEAR`; detectron2 0.6 reads it as a default argument.
+
+Only while a detectron2 module that reads `Image.LINEAR` executes, `PIL.Image.LINEAR` exists (as
+`Image.BILINEAR`, what it always meant); Pillow is left as it is everywhere else.
+"""
+from typing import Callable, List, Optional
+
+from . import _source
+from ._hooks import not_yet_imported, when_imported
+from ._registry import Patch, record
+
+REMOVED = {"LINEAR": "BILINEAR"}  # Pillow < 10 alias -> the name it stood for
 
 
-def apply() -> List[str]:
-    """Add the removed aliases that detectron2 0.6 reads at import time; returns what was added."""
+def modules_using(names: List[str], top: str = "detectron2") -> List[str]:
+    """Modules below `top` that read `Image.<name>` for one of `names`."""
+    found = []
+    for module in _source.modules_matching(top, "Image.", r"\bImage\.(%s)\b" % "|".join(names)):
+        tree = _source.module_tree(module)
+        if tree is not None and set(_source.attribute_uses(tree, "Image")) & set(names):
+            found.append(module)
+    return found
+
+
+def _alias_during_import() -> Optional[Callable[[], None]]:
     from PIL import Image
 
-    added = []
-    if not hasattr(Image, "LINEAR"):
-        # Pillow >= 10 vs detectron2 0.6 data/transforms/transform.py (ExtentTransform default).
-        Image.LINEAR = Image.BILINEAR  # type: ignore[attr-defined]
-        added.append("PIL.Image.LINEAR")
-    return added
+    added = [k for k in REMOVED if not hasattr(Image, k)]
+    for k in added:
+        setattr(Image, k, getattr(Image, REMOVED[k]))
+
+    def undo() -> None:
+        for k in added:
+            if hasattr(Image, k):
+                delattr(Image, k)
+
+    return undo
+
+
+def apply() -> List[Patch]:
+    """Register the import-time alias where a detectron2 module reads one this Pillow lacks."""
+    import PIL
+    from PIL import Image
+
+    missing = [k for k in REMOVED if not hasattr(Image, k)]
+    users = not_yet_imported(modules_using(missing)) if missing else []
+    if not users:
+        return []
+    for module in users:
+        when_imported(module, before=_alias_during_import)
+    patch = Patch(
+        "pillow_removed_aliases",
+        "PIL.Image." + ", PIL.Image.".join(missing) + " while " + ", ".join(users) + " executes",
+        f"Pillow {PIL.__version__} lacks Image.{', Image.'.join(missing)}, read by these modules",
+        "the alias (Image.BILINEAR) exists only during their import (default arguments)",
+    )
+    record(patch)
+    return [patch]

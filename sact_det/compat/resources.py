@@ -1,16 +1,21 @@
-"""setuptools >= 81 no longer ships `pkg_resources`; detectron2 0.6's model_zoo imports it.
+"""setuptools >= 81 no longer ships `pkg_resources`; detectron2's model_zoo (0.6 and main) imports it.
 
-Only while detectron2.model_zoo.model_zoo executes, `pkg_resources` resolves to a minimal shim
-(resource_filename via importlib.resources); other code still sees no pkg_resources.
+Only where pkg_resources is missing and a detectron2 module imports it, `pkg_resources` resolves to
+a minimal shim (resource_filename via importlib.resources) while that module executes; other code
+still sees no pkg_resources.
 """
+import ast
 import importlib.resources
 import importlib.util
 import os
+import re
 import sys
 import types
 from typing import Callable, List, Optional
 
-from ._hooks import when_imported
+from . import _source
+from ._hooks import not_yet_imported, when_imported
+from ._registry import Patch, record
 
 
 def resource_filename(package: str, resource: str) -> str:
@@ -25,7 +30,6 @@ def _shim() -> types.ModuleType:
 
 
 def _install_during_import() -> Optional[Callable[[], None]]:
-    # setuptools >= 81 vs detectron2 0.6 model_zoo/model_zoo.py `import pkg_resources`.
     if "pkg_resources" in sys.modules or importlib.util.find_spec("pkg_resources") is not None:
         return None  # the real one exists
     sys.modules["pkg_resources"] = _shim()
@@ -36,9 +40,31 @@ def _install_during_import() -> Optional[Callable[[], None]]:
     return undo
 
 
-def apply() -> List[str]:
-    """Register the shim (only used if pkg_resources is missing); returns the module it serves."""
-    when_imported("detectron2.model_zoo.model_zoo", before=_install_during_import)
+def modules_importing(name: str, top: str = "detectron2") -> List[str]:
+    """Modules below `top` with a module-level `import name`."""
+    found = []
+    for module in _source.modules_matching(top, name, r"(?m)^import\s+%s\b" % re.escape(name)):
+        tree = _source.module_tree(module)
+        if tree is not None and any(isinstance(n, ast.Import) and any(a.name == name for a in n.names)
+                                    for n in tree.body):
+            found.append(module)
+    return found
+
+
+def apply() -> List[Patch]:
+    """Register the shim for the modules that import pkg_resources, if it is missing."""
     if importlib.util.find_spec("pkg_resources") is not None:
         return []
-    return ["detectron2.model_zoo.model_zoo"]
+    users = not_yet_imported(modules_importing("pkg_resources"))
+    if not users:
+        return []
+    for module in users:
+        when_imported(module, before=_install_during_import)
+    patch = Patch(
+        "pkg_resources_shim",
+        "import pkg_resources in " + ", ".join(users),
+        "pkg_resources is not installed (setuptools >= 81) and these modules import it",
+        "a shim with resource_filename (importlib.resources) during their import only",
+    )
+    record(patch)
+    return [patch]

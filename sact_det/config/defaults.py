@@ -9,6 +9,8 @@ _EXTRA_CONFIG_HOOKS: List[Callable[[CN], None]] = []
 VALID_MODES = ("sact", "act", "none")
 VALID_EXECUTION = ("dense", "sparse", "auto")
 VALID_STAGES = ("res2", "res3", "res4", "res5")
+VALID_VARIANTS = ("detectron2", "original")
+VALID_HALT_INITS = ("variance_scaling", "zeros")
 
 
 def register_config_hook(fn: Callable[[CN], None]) -> Callable[[CN], None]:
@@ -30,6 +32,10 @@ def add_sact_config(cfg: CN) -> None:
     cfg.MODEL.SACT.STAGES = ["res2", "res3", "res4"]  # the adaptive stages; others stay dense
     cfg.MODEL.SACT.EXECUTION = "dense"  # inference path: "dense" (masked), "sparse" (gather/scatter), "auto"
     cfg.MODEL.SACT.SPARSE_MAX_DENSITY = 0.75  # "auto": sparse when an image's active fraction is below this (break-even)
+    cfg.MODEL.SACT.HALT_INIT = "variance_scaling"  # halting conv weights: "variance_scaling" (He, as the original) or "zeros"
+    cfg.MODEL.SACT.VARIANT = "detectron2"  # "detectron2" (post-activation ResNets) or "original" (the SACT code's networks)
+    cfg.MODEL.SACT.ORIGINAL_UNITS = []  # VARIANT original, ImageNet net: units per block, e.g. [3, 4, 23, 3]; [] = from DEPTH
+    cfg.MODEL.SACT.ORIGINAL_BASE_CHANNELS = 64  # VARIANT original, ImageNet net: bottleneck width of block 1 (blocks: x1, x2, x4, x8)
 
 
 def get_sact_cfg() -> CN:
@@ -58,6 +64,18 @@ def validate_sact_cfg(cfg: CN) -> None:
         raise ValueError(f"cfg.MODEL.SACT.HALT_KERNEL_SIZE must be a positive odd integer, got {s.HALT_KERNEL_SIZE}")
     if not 0.0 <= float(s.SPARSE_MAX_DENSITY) <= 1.0:
         raise ValueError(f"cfg.MODEL.SACT.SPARSE_MAX_DENSITY must be in [0, 1], got {s.SPARSE_MAX_DENSITY}")
+    if s.HALT_INIT not in VALID_HALT_INITS:
+        raise ValueError(f"cfg.MODEL.SACT.HALT_INIT must be one of {VALID_HALT_INITS}, got {s.HALT_INIT!r}")
+    if s.VARIANT not in VALID_VARIANTS:
+        raise ValueError(f"cfg.MODEL.SACT.VARIANT must be one of {VALID_VARIANTS}, got {s.VARIANT!r}")
+    units = [int(u) for u in s.ORIGINAL_UNITS]
+    if units and (len(units) != 4 or min(units) < 1):
+        raise ValueError(f"cfg.MODEL.SACT.ORIGINAL_UNITS must be empty or 4 positive unit counts, got {list(units)}")
+    if int(s.ORIGINAL_BASE_CHANNELS) < 1:
+        raise ValueError(f"cfg.MODEL.SACT.ORIGINAL_BASE_CHANNELS must be >= 1, got {s.ORIGINAL_BASE_CHANNELS}")
+    if s.VARIANT == "original" and s.EXECUTION != "dense":
+        raise ValueError(f"cfg.MODEL.SACT.EXECUTION {s.EXECUTION!r} is not implemented for VARIANT original "
+                         "(its pre-activation units have no sparse kernels); use EXECUTION dense")
     bad = [st for st in s.STAGES if st not in VALID_STAGES]
     if bad:
         raise ValueError(f"cfg.MODEL.SACT.STAGES has unknown stage name(s) {bad}; valid: {VALID_STAGES}")

@@ -6,19 +6,29 @@
   ``<root>/batches.meta`` (label_names). Each batch is a pickled dict with ``data`` (N, 3072)
   uint8 (R plane, G plane, B plane of 32x32) and ``labels`` (N ints).
 
-Bad input raises :class:`ClassificationDataError` naming the file. Items are (PIL RGB image, label).
+Bad input raises :class:`ClassificationDataError` naming the file. Items are (PIL RGB image, label);
+with cfg.SACT_CLS.BACKGROUND_CLASS the labels are shifted by 1 (class 0 = background, as the original
+ImageNet models).
+
+Transforms (:func:`build_transform`): detectron2-variant models take mean/std-normalised pixels;
+cfg.MODEL.SACT.VARIANT original models take the original code's inputs: ImageNet [0, 1] -> central
+crop (CENTRAL_FRACTION) -> TF bilinear resize to CROP_SIZE -> (x - 0.5) * 2; CIFAR per-image
+standardisation of the 0-255 pixels.
 """
+import math
 import glob
 import os
 import pickle
 from typing import Any, List, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 __all__ = ["ClassificationDataError", "ImageFolderDataset", "Cifar10Dataset", "build_classification_dataset",
-           "build_transform", "write_cifar10_batch", "IMAGE_EXTENSIONS"]
+           "build_transform", "write_cifar10_batch", "IMAGE_EXTENSIONS", "per_image_standardization",
+           "tf_central_crop", "tf_resize_bilinear", "OriginalImageNetEval"]
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".ppm", ".webp", ".tif", ".tiff")
 
@@ -147,10 +157,95 @@ def write_cifar10_batch(path: str, images: np.ndarray, labels: Sequence[int], la
             pickle.dump({b"label_names": [n.encode() for n in label_names]}, f)
 
 
-def build_transform(cfg, train: bool):
-    """torchvision transform: PIL RGB -> normalised (3,H,W) float tensor (cfg.SACT_CLS.INPUT)."""
+def per_image_standardization(x: torch.Tensor) -> torch.Tensor:
+    """TF ``per_image_standardization``: (x - mean) / max(std, 1/sqrt(N)) over all N values of (3,H,W) ``x``."""
+    mean = x.mean()
+    std = torch.sqrt(((x - mean) ** 2).mean())
+    return (x - mean) / torch.clamp(std, min=1.0 / math.sqrt(x.numel()))
+
+
+def tf_central_crop(x: torch.Tensor, fraction: float) -> torch.Tensor:
+    """TF ``central_crop`` of (C,H,W): start = int((n - n * fraction) / 2), size = n - 2 * start."""
+    if fraction >= 1.0:
+        return x
+    h, w = x.shape[-2:]
+    top, left = int((h - h * fraction) / 2), int((w - w * fraction) / 2)
+    return x[..., top: h - top, left: w - left]
+
+
+def tf_resize_bilinear(x: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """TF 1.x ``resize_bilinear(align_corners=False)`` of (C,H,W): source = dst * in / out (no
+    half-pixel offset, unlike PyTorch's ``interpolate``), neighbours clamped to the image."""
+    out = x
+    for axis, (n_in, n_out) in zip((-2, -1), zip(x.shape[-2:], size)):
+        if n_in == n_out:
+            continue
+        src = torch.arange(n_out, dtype=torch.float32) * (float(n_in) / float(n_out))
+        lo = torch.floor(src).long().clamp(max=n_in - 1)
+        hi = (lo + 1).clamp(max=n_in - 1)
+        frac = src - lo.float()
+        shape = [1] * out.dim()
+        shape[axis] = n_out
+        a, b = out.index_select(axis, lo), out.index_select(axis, hi)
+        out = a + (b - a) * frac.view(shape)
+    return out
+
+
+def _to_float_255(image: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(image.convert("RGB"), dtype=np.float32).copy()).permute(2, 0, 1)
+
+
+class OriginalImageNetEval:
+    """The original ImageNet evaluation input (inception_preprocessing.preprocess_for_eval):
+    PIL RGB -> [0, 1] -> central crop ``fraction`` -> bilinear resize to ``size`` (0: keep) -> (x - 0.5) * 2."""
+
+    def __init__(self, size: int, fraction: float) -> None:
+        self.size, self.fraction = int(size), float(fraction)
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        x = tf_central_crop(_to_float_255(image) * (1.0 / 255.0), self.fraction)
+        if self.size:
+            x = tf_resize_bilinear(x, (self.size, self.size))
+        return (x - 0.5) * 2.0
+
+
+def _original_transform(cfg, train: bool):
+    """Input pipeline of the original SACT code (cfg.MODEL.SACT.VARIANT original)."""
     import torchvision.transforms as T
 
+    inp, size = cfg.SACT_CLS.INPUT, int(cfg.SACT_CLS.INPUT.CROP_SIZE)
+    if cfg.SACT_CLS.ARCH == "cifar":  # cifar_data_provider: pad to 32 + 2*PAD, random crop, flip; test crop_or_pad
+        ops = []
+        if train:
+            ops.append(T.RandomCrop(size, padding=int(inp.PAD)) if int(inp.PAD) else T.RandomCrop(size))
+            if inp.FLIP:
+                ops.append(T.RandomHorizontalFlip())
+        elif size:
+            ops.append(T.CenterCrop(size))
+        return T.Compose(ops + [_to_float_255, per_image_standardization])
+    if not train:
+        return OriginalImageNetEval(size, float(inp.CENTRAL_FRACTION))
+    # inception_preprocessing.preprocess_for_train, approximated with torchvision (no object boxes):
+    # distorted crop (area 5-100 %, aspect 3/4-4/3), flip, colour distortion, then [-1, 1]
+    ops = [T.RandomResizedCrop(size, scale=(0.05, 1.0), ratio=(3 / 4, 4 / 3))]
+    if inp.FLIP:
+        ops.append(T.RandomHorizontalFlip())
+    ops += [T.ColorJitter(brightness=32.0 / 255.0, contrast=0.5, saturation=0.5, hue=0.2), T.ToTensor(),
+            T.Lambda(_to_minus_one_one)]
+    return T.Compose(ops)
+
+
+def _to_minus_one_one(x: torch.Tensor) -> torch.Tensor:
+    return (x - 0.5) * 2.0
+
+
+def build_transform(cfg, train: bool):
+    """torchvision transform: PIL RGB -> normalised (3,H,W) float tensor (cfg.SACT_CLS.INPUT;
+    the original networks' own preprocessing for cfg.MODEL.SACT.VARIANT original)."""
+    import torchvision.transforms as T
+
+    if cfg.MODEL.SACT.get("VARIANT", "detectron2") == "original":
+        return _original_transform(cfg, train)
     inp = cfg.SACT_CLS.INPUT
     size = int(inp.CROP_SIZE)
     ops = []
@@ -173,10 +268,26 @@ def build_classification_dataset(cfg, split: str, class_names: Optional[Sequence
     """The dataset of cfg.SACT_CLS.DATA for ``split`` (items: PIL image, label)."""
     d = cfg.SACT_CLS.DATA
     if d.FORMAT == "imagenet":
-        return ImageFolderDataset(d.ROOT, split, class_names)
-    if d.FORMAT == "cifar10":
+        ds = ImageFolderDataset(d.ROOT, split, class_names)
+    elif d.FORMAT == "cifar10":
         ds = Cifar10Dataset(d.ROOT, split)
         if class_names is not None and list(class_names) != ds.class_names:
             raise ClassificationDataError(f"{d.ROOT}: split {split!r} class names differ from the training split")
-        return ds
-    raise ValueError(f"cfg.SACT_CLS.DATA.FORMAT must be 'cifar10' or 'imagenet', got {d.FORMAT!r}")
+    else:
+        raise ValueError(f"cfg.SACT_CLS.DATA.FORMAT must be 'cifar10' or 'imagenet', got {d.FORMAT!r}")
+    return ShiftedLabels(ds, 1) if cfg.SACT_CLS.get("BACKGROUND_CLASS", False) else ds
+
+
+class ShiftedLabels(Dataset):
+    """A dataset whose labels are shifted by ``offset`` (class 0 = background); keeps ``class_names``."""
+
+    def __init__(self, base: Dataset, offset: int) -> None:
+        self.base, self.offset = base, int(offset)
+        self.class_names = base.class_names
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int) -> Tuple[Image.Image, int]:
+        image, label = self.base[index]
+        return image, label + self.offset

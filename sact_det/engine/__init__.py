@@ -5,12 +5,13 @@ imported on first use.
 """
 from . import config  # noqa: F401  (registers cfg.SACT_TRAIN / cfg.SACT_EVAL with get_sact_cfg)
 
-__all__ = ["Trainer", "AtomicDetectionCheckpointer", "ResumableTrainingSampler", "load_config",
-           "ConfigError", "PerIterationSeed", "TauWarmup"]
+__all__ = ["Trainer", "AtomicDetectionCheckpointer", "ResumableTrainingSampler", "ResumableTrainLoader",
+           "load_config", "ConfigError", "check_device", "check_weights", "PerIterationSeed", "TauWarmup"]
 
 _LAZY = {
     "Trainer": "trainer", "AtomicDetectionCheckpointer": "checkpoint", "ResumableTrainingSampler": "sampler",
-    "load_config": "setup_config", "ConfigError": "setup_config", "PerIterationSeed": "hooks", "TauWarmup": "hooks",
+    "ResumableTrainLoader": "sampler", "load_config": "setup_config", "ConfigError": "setup_config",
+    "check_device": "checks", "check_weights": "checks", "PerIterationSeed": "hooks", "TauWarmup": "hooks",
 }
 
 

@@ -7,10 +7,12 @@ complete and flushed to disk.
 import glob
 import os
 import tempfile
-from typing import IO, Any, Callable, Optional
+from typing import IO, Any, Callable, Dict, Optional
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from .checks import is_remote
 
 __all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
 
@@ -58,7 +60,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer whose ``save`` and ``last_checkpoint`` tag are atomic."""
 
     def _is_local(self) -> bool:
-        return "://" not in str(self.save_dir)
+        return not is_remote(str(self.save_dir))
 
     def save(self, name: str, **kwargs: Any) -> None:
         """Same as Checkpointer.save: ``<save_dir>/<name>.pth`` with model, checkpointables, kwargs."""
@@ -92,6 +94,13 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         for path in stale:
             os.remove(path)
         return len(stale)
+
+    def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
+        """DetectionCheckpointer.load; a local ``path`` that does not exist is a FileNotFoundError
+        naming it (fvcore asserts). Empty ``path``: nothing is loaded (training from scratch)."""
+        if path and not is_remote(path) and not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return super().load(path, *args, **kwargs)
 
     def get_checkpoint_file(self) -> str:
         """The file named by ``last_checkpoint``; a clear error if the tag names a missing file."""

@@ -1,19 +1,15 @@
 """Config loading for the tools: detectron2 + sact_det defaults, yaml file, command-line overrides,
 with errors that name the file and the key (and suggest the closest existing key)."""
 import difflib
-import logging
 import os
 import re
 from typing import List, Optional, Sequence
 
-import torch
 from detectron2.config import CfgNode
 
 from ..config import get_sact_cfg, validate_sact_cfg
 
 __all__ = ["ConfigError", "load_config", "all_keys"]
-
-logger = logging.getLogger(__name__)
 
 
 class ConfigError(ValueError):
@@ -35,14 +31,17 @@ def _unknown_key_error(where: str, key: str, cfg: CfgNode) -> ConfigError:
     return ConfigError(f"{where}: unknown config key {key}{hint}")
 
 
-def load_config(config_file: Optional[str], opts: Sequence[str] = (), cpu_fallback: bool = True) -> CfgNode:
-    """get_sact_cfg() + ``config_file`` + ``opts`` (KEY VALUE pairs), validated, not frozen.
+def load_config(config_file: Optional[str], opts: Sequence[str] = (), check_device: bool = True,
+                base: Optional[CfgNode] = None) -> CfgNode:
+    """get_sact_cfg() (or ``base``, e.g. get_classification_cfg()) + ``config_file`` + ``opts`` (KEY VALUE
+    pairs), validated, not frozen.
 
     Raises ConfigError naming the file / key for a missing file, an unknown key, a value of the
-    wrong type or an invalid cfg.MODEL.SACT value. With ``cpu_fallback``, MODEL.DEVICE "cuda"
-    becomes "cpu" (with a warning) when CUDA is unavailable.
+    wrong type or an invalid cfg.MODEL.SACT value; with ``check_device``, also when MODEL.DEVICE
+    is a CUDA device this machine does not have (no silent switch to CPU: the demo configs say
+    ``DEVICE: "cpu"``; pass ``MODEL.DEVICE cpu`` for others).
     """
-    cfg = get_sact_cfg()
+    cfg = get_sact_cfg() if base is None else base
     if config_file:
         if not os.path.isfile(config_file):
             raise ConfigError(f"config file not found: {config_file}")
@@ -72,7 +71,8 @@ def load_config(config_file: Optional[str], opts: Sequence[str] = (), cpu_fallba
         validate_sact_cfg(cfg)
     except ValueError as e:
         raise ConfigError(f"{config_file or 'config'}: {e}") from None
-    if cpu_fallback and str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
-        logger.warning("CUDA is not available: running on CPU (MODEL.DEVICE cpu)")
-        cfg.MODEL.DEVICE = "cpu"
+    if check_device:
+        from .checks import check_device as _check_device
+
+        _check_device(cfg)
     return cfg

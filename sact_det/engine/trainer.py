@@ -1,16 +1,25 @@
-"""Trainer: detectron2's DefaultTrainer for SACT Faster R-CNN.
+"""Trainer: detectron2's DefaultTrainer for SACT Faster R-CNN, built only on its public extension points.
 
-Differences from DefaultTrainer:
-- evaluation = COCOEvaluator + FlopsEvaluator (AP next to FLOPs and ponder cost);
+The Trainer subclasses DefaultTrainer and overrides the builders and hooks that detectron2 0.6
+and detectron2 main both expose (``build_optimizer``, ``build_train_loader``, ``build_test_loader``,
+``build_evaluator``, ``build_hooks``, ``test``, ``resume_or_load``, ``state_dict``) and uses only
+public attributes (``model``, ``data_loader``, ``optimizer``, ``checkpointer``, ``cfg``); it does
+not copy ``DefaultTrainer.__init__``. On top of DefaultTrainer:
+
+- evaluation = COCOEvaluator + FlopsEvaluator (AP next to FLOPs and ponder cost), results also
+  written to OUTPUT_DIR/eval_results.json;
 - checkpoints are written atomically (AtomicDetectionCheckpointer);
-- a resumed run restores the optimizer state (detectron2 0.6 does not save it), continues the
-  training data stream where it stopped (ResumableTrainingSampler) and, with
+- a resumed run restores the optimizer state (detectron2 0.6's DefaultTrainer does not save it),
+  continues the training data stream where it stopped (ResumableTrainLoader) and, with
   cfg.SACT_TRAIN.PER_ITER_SEED, draws the same random numbers as an uninterrupted run;
+- cfg.SEED < 0 is replaced by one seed shared by all ranks (the trainer's ``cfg.SEED``), which
+  seeds the initial weights, the data stream and the per-iteration seeds;
 - BN running statistics are averaged over the ranks after every iteration, so every rank holds
   identical weights and statistics (the SACT backbone keeps all units in the training graph even where
   every position halted, so ``find_unused_parameters`` is not needed:
   cfg.SACT_TRAIN.FIND_UNUSED_PARAMETERS);
-- optional linear warm-up of the ponder-cost weight tau (cfg.SACT_TRAIN.TAU_WARMUP_*).
+- optional linear warm-up of the ponder-cost weight tau (cfg.SACT_TRAIN.TAU_WARMUP_*);
+- SGD or AdamW (cfg.SACT_TRAIN.OPTIMIZER).
 """
 import json
 import logging
@@ -22,22 +31,21 @@ from typing import Any, Dict, List, Optional
 import torch
 from detectron2.data import (DatasetCatalog, MetadataCatalog, build_detection_test_loader,
                              build_detection_train_loader, get_detection_dataset_dicts)
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase
+from detectron2.engine import DefaultTrainer, TrainerBase
+from detectron2.engine import defaults as d2_defaults
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluator, DatasetEvaluators
 from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
-from detectron2.utils.logger import setup_logger
 
-from ..compat import create_ddp_model
 from ..data.mapper import SACTDatasetMapper
 from ..evaluation.flops_evaluator import FlopsEvaluator
 from ..modeling.unit_stats import UnitPolicyEvaluator
 from .checkpoint import AtomicDetectionCheckpointer
-from .hooks import AverageBuffers, PerIterationSeed, TauWarmup, iteration_seed
-from .sampler import ResumableTrainingSampler
+from .hooks import AverageBuffers, PerIterationSeed, TauWarmup, unwrap_model
+from .sampler import ResumableTrainingSampler, ResumableTrainLoader
 
-__all__ = ["Trainer", "build_mapper", "ensure_registered"]
+__all__ = ["Trainer", "build_mapper", "ensure_registered", "with_shared_seed"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,35 +63,30 @@ def build_mapper(cfg, is_train: bool) -> SACTDatasetMapper:
     return SACTDatasetMapper(cfg, is_train)
 
 
-def _shared_seed(cfg) -> int:
-    return int(cfg.SEED) if cfg.SEED >= 0 else int(comm.shared_random_seed())
+def with_shared_seed(cfg):
+    """``cfg`` if cfg.SEED >= 0, else a copy whose SEED is one random seed shared by all ranks."""
+    if cfg.SEED >= 0:
+        return cfg
+    cfg = cfg.clone()
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    cfg.SEED = int(comm.shared_random_seed())
+    if frozen:
+        cfg.freeze()
+    return cfg
 
 
 class Trainer(DefaultTrainer):
     """DefaultTrainer with SACT evaluation, atomic checkpoints and exact resumption (see module doc)."""
 
-    def __init__(self, cfg) -> None:  # mirrors DefaultTrainer.__init__ (detectron2 0.6)
-        TrainerBase.__init__(self)
-        if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
-            setup_logger()
-        cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
-        self.base_seed = _shared_seed(cfg)
+    def __init__(self, cfg) -> None:
+        cfg = with_shared_seed(cfg)
+        self.base_seed = int(cfg.SEED)
+        self.seed_hook: Optional[PerIterationSeed] = None
         seed_all_rng(self.base_seed + comm.get_rank())  # reproducible initial weights (DDP copies rank 0's)
-        model = self.build_model(cfg)
-        optimizer = self.build_optimizer(cfg, model)
-        self.train_sampler: Optional[ResumableTrainingSampler] = None
-        data_loader = self._build_resumable_train_loader(cfg)
-        model = create_ddp_model(model, broadcast_buffers=False,
-                                 find_unused_parameters=bool(cfg.SACT_TRAIN.FIND_UNUSED_PARAMETERS))
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
-        self._per_iter_seed = bool(cfg.SACT_TRAIN.PER_ITER_SEED)
-        self._restart_data_stream()
-        self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = AtomicDetectionCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
-        self.start_iter = 0
-        self.max_iter = cfg.SOLVER.MAX_ITER
-        self.cfg = cfg
-        self.register_hooks(self.build_hooks())
+        super().__init__(cfg)  # build_model, build_optimizer, build_train_loader, DDP, build_hooks
+        if isinstance(self.data_loader, ResumableTrainLoader) and cfg.SACT_TRAIN.PER_ITER_SEED:
+            self.data_loader.seed_each_batch(self.base_seed)
 
     @classmethod
     def build_optimizer(cls, cfg, model) -> torch.optim.Optimizer:
@@ -100,44 +103,30 @@ class Trainer(DefaultTrainer):
             params, lr=cfg.SOLVER.BASE_LR, weight_decay=cfg.SOLVER.WEIGHT_DECAY)
 
     # ------------------------------------------------------------------ data
-    def _build_resumable_train_loader(self, cfg):
+    @classmethod
+    def build_train_loader(cls, cfg):
+        """detectron2's training loader with SACT's mapper. With DATALOADER.SAMPLER_TRAIN
+        "TrainingSampler" (the default), a ResumableTrainLoader whose stream (seeded with cfg.SEED)
+        can be continued at any image; other samplers restart their stream on resume (warning)."""
+        ensure_registered(cfg.DATASETS.TRAIN)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning("DATALOADER.SAMPLER_TRAIN=%s: a resumed run restarts its data stream",
                            cfg.DATALOADER.SAMPLER_TRAIN)
-            return self.build_train_loader(cfg)
-        ensure_registered(cfg.DATASETS.TRAIN)
+            return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True))
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
-        self.train_sampler = ResumableTrainingSampler(len(dataset), shuffle=True, seed=self.base_seed)
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True), dataset=dataset,
-                                            sampler=self.train_sampler)
-
-    @classmethod
-    def build_train_loader(cls, cfg):
-        ensure_registered(cfg.DATASETS.TRAIN)
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, True))
+        sampler = ResumableTrainingSampler(len(dataset), shuffle=True, seed=cfg.SEED if cfg.SEED >= 0 else None)
+        loader = build_detection_train_loader(cfg, mapper=build_mapper(cfg, True), dataset=dataset, sampler=sampler)
+        return ResumableTrainLoader(loader, sampler)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name: str):
         ensure_registered([dataset_name])
         return build_detection_test_loader(cfg, dataset_name, mapper=build_mapper(cfg, False))
-
-    def _restart_data_stream(self) -> None:
-        """(Re)start the training iterator; with per-iteration seeds, torch is reseeded after each batch
-        is loaded, so that the model's random draws (RPN / ROI sampling) do not depend on whether the
-        data loader consumed random numbers while starting (it does on its first batch)."""
-        batches = iter(self._trainer.data_loader)
-        self._trainer._data_loader_iter = self._seed_after_fetch(batches) if self._per_iter_seed else batches
-
-    def _seed_after_fetch(self, batches):
-        rank = comm.get_rank()
-        for batch in batches:
-            torch.manual_seed(iteration_seed(self.base_seed, rank, self.iter) ^ 0x2545F491)
-            yield batch
 
     # ------------------------------------------------------------------ evaluation
     @classmethod
@@ -167,31 +156,53 @@ class Trainer(DefaultTrainer):
 
     # ------------------------------------------------------------------ hooks / resume
     def build_hooks(self) -> list:
+        """DefaultTrainer's hooks, preceded by BN-statistics averaging (DDP), per-iteration seeds and
+        the tau warm-up. Called at the end of DefaultTrainer.__init__, once model, optimizer and
+        checkpointer exist: first replaces the checkpointer by the atomic one (so that the
+        PeriodicCheckpointer hook uses it) and, with cfg.SACT_TRAIN.FIND_UNUSED_PARAMETERS, the DDP
+        wrapper by one that finds unused parameters."""
+        self._use_sact_components()
         ret = super().build_hooks()
         extra = []
         if comm.get_world_size() > 1:
             extra.append(AverageBuffers())
         if self.cfg.SACT_TRAIN.PER_ITER_SEED:
-            extra.append(PerIterationSeed(self.base_seed))
+            self.seed_hook = PerIterationSeed(self.base_seed)
+            extra.append(self.seed_hook)
         if self.cfg.SACT_TRAIN.TAU_WARMUP_ITERS > 0 or self.cfg.SACT_TRAIN.TAU_WARMUP_START > 0:
             extra.append(TauWarmup(self.model, self.cfg.SACT_TRAIN.TAU_WARMUP_START,
                                    self.cfg.SACT_TRAIN.TAU_WARMUP_ITERS))
         return extra + ret
 
+    def _use_sact_components(self) -> None:
+        find_unused = bool(self.cfg.SACT_TRAIN.FIND_UNUSED_PARAMETERS)
+        if comm.get_world_size() > 1 and getattr(self.model, "find_unused_parameters", find_unused) != find_unused:
+            # DefaultTrainer wraps with find_unused_parameters=False; rewrap the bare model with the function
+            # it uses (through the public `model` property) before any hook or checkpointer holds the first wrapper
+            self.model = d2_defaults.create_ddp_model(unwrap_model(self.model), broadcast_buffers=False,
+                                                      find_unused_parameters=find_unused)
+        if not isinstance(self.checkpointer, AtomicDetectionCheckpointer):
+            self.checkpointer = AtomicDetectionCheckpointer(self.model, self.cfg.OUTPUT_DIR,
+                                                            trainer=weakref.proxy(self))
+
     def state_dict(self) -> Dict[str, Any]:
-        """Iteration, hook states and the optimizer (detectron2 0.6's DefaultTrainer omits the optimizer,
-        so momentum buffers would be lost on resume; newer detectron2 stores it under the same key)."""
+        """Iteration, hook states and, under "_trainer", the optimizer state. detectron2 main's
+        DefaultTrainer stores its SimpleTrainer's state (optimizer, AMP grad scaler) there; 0.6's
+        stores none, so the optimizer is added under the same key (same checkpoint layout on both)."""
         ret = super().state_dict()
-        ret["_trainer"] = self._trainer.state_dict()
+        if "_trainer" not in ret:
+            ret["_trainer"] = {"iteration": self.iter, "optimizer": self.optimizer.state_dict()}
         return ret
 
     def load_state_dict(self, state_dict: Dict[str, Any]) -> None:
-        super().load_state_dict(state_dict)
-        if "_trainer" in state_dict:
-            self._trainer.load_state_dict(state_dict["_trainer"])
-        else:
+        if "_trainer" not in state_dict:
             logger.warning("The checkpoint has no optimizer state (written by detectron2 0.6's DefaultTrainer?): "
                            "the optimizer restarts with empty momentum buffers")
+            TrainerBase.load_state_dict(self, state_dict)
+            return
+        super().load_state_dict(state_dict)
+        if not _D2_RESTORES_OPTIMIZER:
+            self.optimizer.load_state_dict(state_dict["_trainer"]["optimizer"])
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Load the last checkpoint (``resume``) or MODEL.WEIGHTS; a resumed run continues the
@@ -199,16 +210,21 @@ class Trainer(DefaultTrainer):
         if resume:
             self.checkpointer.remove_stale_temporaries()
         super().resume_or_load(resume=resume)
-        for h in self._hooks:
-            if isinstance(h, PerIterationSeed):
-                self.base_seed = h.base_seed  # restored from the checkpoint
-        if self.start_iter > 0 and self.train_sampler is not None:
+        if self.seed_hook is not None:
+            self.base_seed = self.seed_hook.base_seed  # restored from the checkpoint
+        loader = self.data_loader
+        if isinstance(loader, ResumableTrainLoader):
             per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-            self.train_sampler.set_seed(self.base_seed)
-            self.train_sampler.set_start(self.start_iter * per_rank)
-            self._restart_data_stream()
-            logger.info("Resuming at iteration %d (data stream at image %d of each rank)",
-                        self.start_iter, self.start_iter * per_rank)
+            loader.set_position(self.start_iter * per_rank, self.base_seed)
+            if self.seed_hook is not None:
+                loader.seed_each_batch(self.base_seed)
+            if self.start_iter > 0:
+                logger.info("Resuming at iteration %d (data stream at image %d of each rank)",
+                            self.start_iter, self.start_iter * per_rank)
+
+
+# detectron2 > 0.6: DefaultTrainer.load_state_dict restores the optimizer (and AMP grad scaler) itself
+_D2_RESTORES_OPTIMIZER = "load_state_dict" in vars(DefaultTrainer)
 
 
 def write_eval_results(cfg, per_dataset: Dict[str, Any]) -> str:

@@ -5,8 +5,10 @@ For every evaluated image it reads what SACTRCNN's inference returned (``flops``
 data set (image-level mean and std, as the original SACT code does):
 
 - ``flops``: feature-extractor GFLOPs of this model; the same architecture run densely (no
-  halting) and the dense ResNet-``REFERENCE_DEPTH`` extractor, both at the same input sizes; this
-  model's FLOPs as % of each (per-image ratios); whole-model GFLOPs (RPN and box head included).
+  halting) and the dense ResNet-``REFERENCE_DEPTH`` extractor of the same variant
+  (cfg.MODEL.SACT.VARIANT: detectron2's v1 ResNet, or the original SACT code's pre-activation v2 for
+  "original"), both at the same input sizes; this model's FLOPs as % of each (per-image ratios);
+  whole-model GFLOPs (RPN and box head included).
 - ``ponder_eval``: per adaptive stage, the ponder cost rho and the units executed per position
   (mean and std over images of the per-image mean), and the fraction of adaptive units run.
 """
@@ -99,6 +101,7 @@ class FlopsEvaluator(DatasetEvaluator):
         self._reference_depth = int(depth)
         self._out_feature = _last_out_feature(cfg)
         self._stride_in_1x1 = bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1)
+        self._variant = str(cfg.MODEL.SACT.get("VARIANT", "detectron2"))  # reference of the same family
         self._backbone = build_meta_backbone(cfg)
         stages = list(getattr(self._backbone, "adaptive_stages", []))
         self._stage_units = OrderedDict((s, len(getattr(self._backbone, s))) for s in stages)
@@ -113,7 +116,7 @@ class FlopsEvaluator(DatasetEvaluator):
         if hw not in self._dense_cache:
             self._dense_cache[hw] = backbone_flops(self._backbone, hw, ponder={})
             self._ref_cache[hw] = dense_backbone_flops(hw, depth=self._reference_depth, out_feature=self._out_feature,
-                                                       stride_in_1x1=self._stride_in_1x1)
+                                                       stride_in_1x1=self._stride_in_1x1, variant=self._variant)
         return self._dense_cache[hw], self._ref_cache[hw]
 
     def process(self, inputs, outputs) -> None:
@@ -122,10 +125,11 @@ class FlopsEvaluator(DatasetEvaluator):
                 raise KeyError(
                     "FlopsEvaluator needs per-image 'flops' in the model outputs, which "
                     "cfg.MODEL.META_ARCHITECTURE='SACTRCNN' returns; got keys " + str(sorted(out)))
-            if "image" in inp:
-                hw = tuple(int(v) for v in inp["image"].shape[-2:])
-            else:
-                hw = (int(inp["height"]), int(inp["width"]))
+            if "image" not in inp:  # height / width are the original size, not the size the model ran at
+                raise KeyError(
+                    "FlopsEvaluator needs the resized input image (inputs[i]['image'], (C,H,W), as detectron2's "
+                    "DatasetMapper gives it) to count FLOPs at the size the model ran; got keys " + str(sorted(inp)))
+            hw = tuple(int(v) for v in inp["image"].shape[-2:])
             dense, ref = self._dense(hw)
             ponder = {}
             for stage in self._stage_units:
@@ -149,23 +153,25 @@ class FlopsEvaluator(DatasetEvaluator):
             return OrderedDict()
         flops, ponder = summarize_records(records, self._stage_units, self._reference_depth)
         logger.info("FLOPs and ponder cost on %s (%d images):\n%s", self._dataset_name or "the data set",
-                    len(records), format_table(flops, ponder, self._reference_depth))
+                    len(records), format_table(flops, ponder, self._reference_depth, self._variant))
         results = OrderedDict(flops=flops)
         if ponder:
             results["ponder_eval"] = ponder
         return results
 
 
-def format_table(flops: Dict[str, float], ponder: Dict[str, float], reference_depth: int) -> str:
-    """Human-readable table of the evaluator's results."""
+def format_table(flops: Dict[str, float], ponder: Dict[str, float], reference_depth: int,
+                 variant: str = "detectron2") -> str:
+    """Human-readable table of the evaluator's results (``variant``: the reference ResNet's family)."""
     ref = f"r{reference_depth}"
+    ref_name = f"dense ResNet-{reference_depth}{' v2 (original)' if variant == 'original' else ''} extractor"
     rows = [
         ["feature extractor (this model)", f"{flops['extractor_gflops_mean']:.3f} ± {flops['extractor_gflops_std']:.3f}",
          f"{flops['pct_of_dense_mean']:.1f} ± {flops['pct_of_dense_std']:.1f}",
          f"{flops[f'pct_of_{ref}_mean']:.1f} ± {flops[f'pct_of_{ref}_std']:.1f}"],
         ["same architecture, dense", f"{flops['dense_gflops_mean']:.3f}", "100.0",
          f"{100 * flops['dense_gflops_mean'] / flops[f'{ref}_gflops_mean']:.1f}"],
-        [f"dense ResNet-{reference_depth} extractor", f"{flops[f'{ref}_gflops_mean']:.3f}", "", "100.0"],
+        [ref_name, f"{flops[f'{ref}_gflops_mean']:.3f}", "", "100.0"],
         ["whole model (+ RPN, box head)", f"{flops['model_gflops_mean']:.3f} ± {flops['model_gflops_std']:.3f}", "",
          ""],
     ]

@@ -1,7 +1,10 @@
 """Ponder-cost maps as saliency maps, the saliency baselines, and the saliency config keys.
 
-Post-processing of a ponder map (as in the SACT paper, sec. "Visual saliency"), all at a working
-resolution of the image's aspect ratio (longer side <= WORK_MAX_SIZE), then resized to the target
+What the SACT paper specifies for CAT2000 (Fig. 11 and the slides): the input resize (640x360 for
+the COCO model, 320x180 for the ImageNet model) and a softmax with temperature 1/5 after a
+post-processing "described in the text". Every other step below (which stages are summed, the
+interpolation, the blur, the normalisation, the centre prior) is this project's own choice.
+Post-processing of a ponder map, all at a working resolution of the image's aspect ratio (longer side <= WORK_MAX_SIZE), then resized to the target
 (fixation map) size and renormalised:
     upsample (bilinear) -> Gaussian blur (sigma = BLUR_SIGMA * width) -> NORMALIZE ->
     logits = map / TEMPERATURE + CENTER_PRIOR_WEIGHT * log(centre Gaussian) -> softmax over pixels.
@@ -40,9 +43,9 @@ def add_saliency_config(cfg: CN) -> None:
     c = cfg.SACT_SALIENCY = CN()
     # (width, height) fed to the model; paper: 640x360 (COCO model), 320x180 (ImageNet); [0, 0] = cfg.INPUT resize
     c.INPUT_SIZE = [640, 360]
-    c.STAGES = []  # adaptive stages whose ponder maps are summed, e.g. ["res2"]; [] = all ("ponder_map")
+    c.STAGES = []  # adaptive stages whose ponder maps are summed, e.g. ["res2"]; [] = all ("ponder_map"; the project's default)
     c.BLUR_SIGMA = 0.02  # Gaussian blur of the ponder map, sigma as a fraction of the width; 0 = none
-    c.NORMALIZE = "none"  # scaling before the softmax: "none" (raw ponder cost, paper), "minmax", "zscore"
+    c.NORMALIZE = "none"  # scaling before the softmax: "none" (raw ponder cost), "minmax", "zscore"
     c.TEMPERATURE = 0.2  # softmax temperature over pixels (paper: 1/5); must be > 0
     c.CENTER_PRIOR_WEIGHT = 0.0  # w: logits += w * log(centre Gaussian), i.e. map * prior**w; 0 = off
     c.CENTER_SIGMA = 0.25  # centre Gaussian (prior, centre baseline): sigma per axis, fraction of W / H

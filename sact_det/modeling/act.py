@@ -5,12 +5,17 @@ A position halts at the first unit where the running sum of ``h`` reaches ``1 - 
 output is ``sum_l p^l x^l`` with ``p^l = h^l`` before the halt and the remainder
 ``R = 1 - sum_{l<N} h^l`` at the halting unit ``N``. The ponder cost is ``rho = N + R``; only
 ``R`` carries gradient, so ``d rho / d h^l = -1`` for ``l < N`` and ``0`` otherwise.
+
+Precision: the state (running sum, N, R, rho) and the returned weights ``p^l`` are kept in
+float32 (float64 for float64 scores) whatever the activations' dtype, so that under
+``torch.autocast`` (bf16 / fp16 activations) a 23-unit stage neither rounds 0.99 to 0.988 nor
+drops small increments; scores are cast to that dtype before they are accumulated.
 """
 from typing import Optional
 
 import torch
 
-__all__ = ["HaltingState", "check_eps"]
+__all__ = ["HaltingState", "check_eps", "state_dtype", "capturing_graph"]
 
 
 def check_eps(eps: float) -> float:
@@ -19,6 +24,24 @@ def check_eps(eps: float) -> float:
     if not 0.0 < eps < 1.0:
         raise ValueError(f"SACT halting eps must be in (0, 1), got {eps}")
     return eps
+
+
+def capturing_graph() -> bool:
+    """True while ``torch.jit.trace`` / ``torch.export`` records the model.
+
+    A recorded graph cannot branch on tensor values: adaptive stages then run every unit masked
+    (positions that halted keep their state and get weight 0, so the outputs equal the eager
+    ones) instead of stopping once every position halted or running the sparse kernels.
+    """
+    if torch.jit.is_tracing():
+        return True
+    compiler = getattr(torch, "compiler", None)
+    return bool(compiler is not None and hasattr(compiler, "is_exporting") and compiler.is_exporting())
+
+
+def state_dtype(dtype: torch.dtype) -> torch.dtype:
+    """dtype of the halting state for scores / activations of ``dtype``: at least float32 (float64 stays)."""
+    return torch.promote_types(dtype, torch.float32) if dtype.is_floating_point else torch.float32
 
 
 class HaltingState:
@@ -33,7 +56,9 @@ class HaltingState:
 
     After every step, ``active`` (bool, shape of ``h``) marks the positions that run the next
     unit. ``ponder_cost`` (rho), ``num_units`` (N) and ``remainder`` (R) are final once a step
-    with ``last=True`` has been taken.
+    with ``last=True`` has been taken. All of them and the weights are in :func:`state_dtype` of
+    the first score (float32 for bf16 / fp16 / fp32); multiply ``w.to(x.dtype) * x`` to stay in
+    the activations' dtype, or ``w * x`` to accumulate in float32.
     """
 
     def __init__(self, eps: float = 0.01) -> None:
@@ -53,7 +78,7 @@ class HaltingState:
                 gives the shape.
             last: whether this is the stage's last unit (its score is taken as 1).
         Returns:
-            the weight ``p^l`` of this unit's output, same shape as ``h``.
+            the weight ``p^l`` of this unit's output, same shape as ``h``, in the state's dtype.
         """
         if self.finished:
             raise RuntimeError("HaltingState.step called after the last unit")
@@ -61,10 +86,12 @@ class HaltingState:
         if ref is None:
             raise ValueError("the first step needs a halting score (or `like`) to know the shape")
         if self.cumsum is None:
-            self.cumsum = torch.zeros_like(ref, dtype=torch.float32 if not ref.is_floating_point() else ref.dtype)
+            self.cumsum = torch.zeros(ref.shape, dtype=state_dtype(ref.dtype), device=ref.device)
             self.active = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
             self.num_units = torch.zeros_like(self.cumsum)
             self.remainder = torch.zeros_like(self.cumsum)
+        if h is not None:
+            h = h.to(self.cumsum.dtype)  # accumulate bf16 / fp16 scores in float32 (differentiable cast)
         active = self.active
         remainder_now = 1.0 - self.cumsum
         if last:

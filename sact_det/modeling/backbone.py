@@ -16,7 +16,7 @@ from torch import nn
 
 from ..config.defaults import validate_sact_cfg
 from . import sparse
-from .act import HaltingState
+from .act import HaltingState, capturing_graph
 from .fold import fold_block, folded_block_forward
 from .halting import build_halting
 
@@ -49,7 +49,7 @@ class SACTStage(nn.Sequential):
     """
 
     def __init__(self, blocks: List[nn.Module], mode: str, eps: float, norm: str, kernel_size: int,
-                 bias_init: float, stride: int = 1) -> None:
+                 bias_init: float, stride: int = 1, halting_kwargs: Optional[dict] = None) -> None:
         super().__init__(*blocks)
         self.mode = mode
         self.eps = eps
@@ -61,7 +61,8 @@ class SACTStage(nn.Sequential):
         # halting masks (tools/benchmark_sparse.py replays a trained model's masks at other widths)
         self.replay_masks: Optional[List[torch.Tensor]] = None
         for block in blocks[:-1]:
-            block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init))
+            block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init,
+                                                      **(halting_kwargs or {})))
 
     def train(self, mode: bool = True) -> "SACTStage":
         sparse.release_folds(self)  # folded (BN-merged) units are only for inference
@@ -110,7 +111,7 @@ class SACTStage(nn.Sequential):
             else:
                 masked_accumulate_(out, weight, x, active)
         self._record(state, masks, x.shape)
-        return out.contiguous(memory_format=fmt)
+        return out.to(x.dtype).contiguous(memory_format=fmt)  # out: accumulated in float32 under autocast
 
     def _record(self, state: HaltingState, masks: List[torch.Tensor], x_shape: torch.Size) -> None:
         shape = (x_shape[0], 1, x_shape[2], x_shape[3])
@@ -122,7 +123,14 @@ class SACTStage(nn.Sequential):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training and self.execution != "dense":
+        """Masked dense path: unit l >= 1 runs everywhere and keeps its result where active.
+
+        ``sum_l p^l x^l`` is accumulated in the halting state's dtype (float32 under autocast) and
+        returned in the activations' dtype. Under ``torch.jit.trace`` / ``torch.export``
+        (:func:`.act.capturing_graph`) every unit runs masked, with no early exit and no sparse path.
+        """
+        capture = capturing_graph()
+        if not self.training and self.execution != "dense" and not capture:
             return self._sparse_forward(x)
         num = len(self)
         state = HaltingState(self.eps)
@@ -133,7 +141,7 @@ class SACTStage(nn.Sequential):
                 x = block(x)  # the first unit runs at every position
             else:
                 active = state.active
-                if not self.training and not bool(active.any()):
+                if not self.training and not capture and not bool(active.any()):
                     break  # every position halted: the remaining units run nowhere
                 # (in training the masked units stay in the graph, so DDP sees every parameter used)
                 masks.append(active)
@@ -144,7 +152,7 @@ class SACTStage(nn.Sequential):
             weight = state.step(h, last=last, like=like)
             out = weight * x if out is None else out + weight * x
         self._record(state, masks, x.shape)
-        return out
+        return out.to(x.dtype)
 
 
 def freeze_except(module: nn.Module, keep: Sequence[str] = ("halting",)) -> None:
@@ -167,7 +175,8 @@ class SACTResNet(ResNet):
 
     def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str], freeze_at: int,
                  mode: str, adaptive_stages: List[str], eps: float, halt_norm: str, halt_kernel_size: int,
-                 halt_bias_init: float, execution: str = "dense", sparse_max_density: float = 1.0) -> None:
+                 halt_bias_init: float, execution: str = "dense", sparse_max_density: float = 1.0,
+                 halting_kwargs: Optional[dict] = None) -> None:
         super().__init__(stem, stages, out_features=out_features, freeze_at=0)
         self.mode = mode
         self.adaptive_stages = [] if mode == "none" else list(adaptive_stages)
@@ -182,7 +191,7 @@ class SACTResNet(ResNet):
             if name in self.adaptive_stages:
                 old = getattr(self, name)
                 new = SACTStage(list(old), mode, eps, halt_norm, halt_kernel_size, halt_bias_init,
-                                stride=self._out_feature_strides[name])
+                                stride=self._out_feature_strides[name], halting_kwargs=halting_kwargs)
                 new.execution, new.sparse_max_density = execution, sparse_max_density
                 setattr(self, name, new)
                 stage_list[i] = new
@@ -205,7 +214,8 @@ class SACTResNet(ResNet):
         BN folded into the convs (the gather kernels need channels-last states; converting the
         3-channel input is cheap), and the outputs are converted back.
         """
-        if self.training or all(getattr(self, n).execution == "dense" for n in self.adaptive_stages):
+        if self.training or capturing_graph() or all(getattr(self, n).execution == "dense"
+                                                     for n in self.adaptive_stages):
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)
         x = folded_block_forward(sparse.cached_fold(self.stem, fold_block), x)
@@ -276,10 +286,14 @@ def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
     """SACT / ACT / dense ResNet from cfg.MODEL.RESNETS and cfg.MODEL.SACT."""
     validate_sact_cfg(cfg)
     s = cfg.MODEL.SACT
+    if s.VARIANT == "original":  # the original SACT code's pre-activation ResNet v2 (blocks 1-3 in a C4 detector)
+        from .original_resnet import build_original_resnet_v2_backbone
+
+        return build_original_resnet_v2_backbone(cfg, input_shape)
     stem, stages = make_resnet_stages(cfg, input_shape.channels)
     return SACTResNet(
         stem, stages, out_features=list(cfg.MODEL.RESNETS.OUT_FEATURES), freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
         mode=s.MODE, adaptive_stages=list(s.STAGES), eps=float(s.EPS), halt_norm=s.HALT_NORM,
         halt_kernel_size=int(s.HALT_KERNEL_SIZE), halt_bias_init=float(s.HALT_BIAS_INIT),
-        execution=s.EXECUTION, sparse_max_density=float(s.SPARSE_MAX_DENSITY),
+        execution=s.EXECUTION, sparse_max_density=float(s.SPARSE_MAX_DENSITY), halting_kwargs={"init": s.HALT_INIT},
     )

@@ -6,7 +6,7 @@ ResNet-32, ``n = 18`` is ResNet-110. The stages are wrapped by :class:`SACTResNe
 halting arithmetic (act.py), the halting branches (halting.py) and the FLOP rules (flops.py)
 are the ones of the detector.
 """
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import fvcore.nn.weight_init as weight_init
 import torch
@@ -55,10 +55,10 @@ def make_cifar_stages(num_units: int, widths: Sequence[int] = (16, 32, 64), norm
 def build_cifar_resnet(num_units: int, *, width: int = 16, norm: str = "BN", mode: str = "sact",
                        adaptive_stages: Sequence[str] = ("res2", "res3", "res4"), eps: float = 0.01,
                        halt_norm: str = "BN", halt_kernel_size: int = 3, halt_bias_init: float = -3.0,
-                       freeze_at: int = 0) -> SACTResNet:
+                       freeze_at: int = 0, halting_kwargs: Optional[dict] = None) -> SACTResNet:
     """CIFAR ResNet-(6n+2) backbone; outputs res2 (stride 1), res3 (2), res4 (4)."""
     stem = CifarStem(3, width, norm)
     stages = make_cifar_stages(num_units, (width, 2 * width, 4 * width), norm)
     return SACTResNet(stem, stages, out_features=["res2", "res3", "res4"], freeze_at=freeze_at, mode=mode,
                       adaptive_stages=list(adaptive_stages), eps=eps, halt_norm=halt_norm,
-                      halt_kernel_size=halt_kernel_size, halt_bias_init=halt_bias_init)
+                      halt_kernel_size=halt_kernel_size, halt_bias_init=halt_bias_init, halting_kwargs=halting_kwargs)

@@ -5,8 +5,8 @@ baseline, ``F.conv2d`` on the whole map) and the gather -> GEMM -> scatter kerne
 :mod:`sact_det.modeling.sparse`. Folding is exact up to fp32 round-off:
 ``BN(conv(x)) = conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
 """
-from dataclasses import dataclass
-from typing import List, Optional, Tuple
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +59,23 @@ class FoldedUnit:
     kind: str
     convs: List[FoldedConv]
     channels: int
+    _casts: Dict[torch.dtype, "FoldedUnit"] = field(default_factory=dict, repr=False, compare=False)
+
+    def to_dtype(self, dtype: torch.dtype) -> "FoldedUnit":
+        """This unit with weights and biases in ``dtype`` (``self`` if already there), cached per dtype.
+
+        The gather kernels multiply with ``out=`` buffers, which autocast leaves alone: under
+        ``torch.autocast`` they run in the activations' dtype (bf16 / fp16) with the fp32 fold
+        rounded to it, as autocast rounds the weights of a dense conv.
+        """
+        if self.convs[0].mat.dtype == dtype:
+            return self
+        hit = self._casts.get(dtype)
+        if hit is None:
+            convs = [FoldedConv(c.mat.to(dtype), c.bias.to(dtype), c.kernel_size, c.padding, c.dilation, c.groups)
+                     for c in self.convs]
+            hit = self._casts[dtype] = FoldedUnit(self.kind, convs, self.channels)
+        return hit
 
 
 def _norm_scale_shift(norm: Optional[nn.Module], c_out: int, where: str) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ computed for that image), the per-image FLOP count and the per-image policy reco
 
 Skip rule: a skipped unit outputs its shortcut (identity, or the projection conv for the first
 unit of a stage); ConvNet-AIG applies a ReLU after a projection, BlockDrop does not (as the
-originals do). FLOPs (REFERENCE.md): 2 * positions * C_out * k*k * C_in / groups per conv, convs
+originals do). FLOPs (as the original SACT code counts): 2 * positions * C_out * k*k * C_in / groups per conv, convs
 and fully-connected layers only; an executed unit costs all its convs, a skipped one only its
 projection shortcut.
 """

@@ -106,11 +106,13 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     images with active fraction >= ``max_density`` (and whole-image masks) run the dense folded
     unit; the rest run the gather kernel (``max_density > 1`` forces it even for full images).
     ``inplace=True`` lets the result be written into ``x`` (if x is NCHW- or channels-last-
-    contiguous; x must not be used afterwards). Returns (B,C,H,W), in the memory format of x
-    when the gather kernel ran. Channels-last is faster (gathers and scatters
-    whole rows of C values instead of strided columns).
+    contiguous; x must not be used afterwards). Returns (B,C,H,W) in the dtype of x, and in the
+    memory format of x when the gather kernel ran (under ``torch.autocast`` with a bf16 / fp16 x
+    the whole unit runs in that dtype, see :meth:`FoldedUnit.to_dtype`). Channels-last is faster
+    (gathers and scatters whole rows of C values instead of strided columns).
     """
     _check(folded, x, active)
+    folded = folded.to_dtype(x.dtype)  # under autocast: the fold rounded to the bf16 / fp16 state
     B, C, H, W = x.shape
     whole = active.shape[2:] == (1, 1)
     frac = active.reshape(B, -1).float().mean(1).tolist()
@@ -119,7 +121,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     dense_ids = [b for b, d in enumerate(frac) if d > 0 and (whole or d >= max_density)]
     sparse_ids = [b for b, d in enumerate(frac) if 0 < d and not (whole or d >= max_density)]
     if len(dense_ids) == B:  # every image runs densely: no copy of x, no per-image indexing
-        y = dense_folded_forward(folded, x)
+        y = dense_folded_forward(folded, x).to(x.dtype)  # (autocast convs return bf16 / fp16 for an fp32 x)
         return y if min(frac) == 1.0 else torch.where(active, y, x, out=y)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
@@ -127,7 +129,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     if dense_ids:
         ids = torch.tensor(dense_ids, device=x.device)
         xd = x.index_select(0, ids)
-        y = dense_folded_forward(folded, xd)
+        y = dense_folded_forward(folded, xd).to(x.dtype)
         if any(frac[b] < 1.0 for b in dense_ids):
             y = torch.where(active.index_select(0, ids), y, xd)
         out.index_copy_(0, ids, y)

@@ -11,7 +11,9 @@ halting arithmetic ignores the others) and only they get a nonzero weight ``p^l`
 * :func:`masked_accumulate_` adds ``weight * x`` into ``out`` at the active positions only.
 
 Both equal the dense computation (``halting(x)`` at active positions; ``out + weight * x``)
-up to fp32 round-off. Eval only, no autograd.
+up to fp32 round-off. Eval only, no autograd. Under ``torch.autocast`` (x in bf16 / fp16) the
+tap GEMM runs in x's dtype; the map statistics and the score are computed in float32 and
+``out`` may be float32 (the halting state's dtype, :func:`.act.state_dtype`).
 """
 from typing import Optional, Tuple
 
@@ -21,6 +23,7 @@ from torch import nn
 
 from detectron2.layers import FrozenBatchNorm2d
 
+from .act import state_dtype
 from .gather import MapView, _offsets, dilate, neighbour_index
 from .halting import SpatialHalting
 
@@ -56,22 +59,29 @@ def _channel_stats(x: MapView, chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor
 
     One pass in chunks of positions (about ``chunk_elems`` values, at least 512 positions) through
     a small reused buffer (much faster on CPU than ``torch.var_mean`` over the spatial dims);
-    sums are accumulated in float64.
+    sums are accumulated in float64. Returned in :func:`.act.state_dtype` of the map (float32
+    for a bf16 / fp16 map, whose chunks are converted to float32 before they are squared).
     """
     rows = x.all_rows()  # (HW, C), possibly a transposed view
     n, c = rows.shape
+    acc = state_dtype(rows.dtype)
     chunk = max(512, chunk_elems // max(c, 1))
     s1 = torch.zeros(c, dtype=torch.float64, device=rows.device)
     s2 = torch.zeros_like(s1)
-    buf = rows.new_empty(min(chunk, n) * c)
+    buf = rows.new_empty(min(chunk, n) * c, dtype=acc)
     for s in range(0, n, chunk):
         part = rows[s: s + chunk]
-        sq = torch.mul(part, part, out=buf[: part.numel()].view(part.shape) if x.rows else
-                       buf[: part.numel()].view(part.shape[1], part.shape[0]).t())
+        out = buf[: part.numel()].view(part.shape) if x.rows else \
+            buf[: part.numel()].view(part.shape[1], part.shape[0]).t()
+        if part.dtype != acc:
+            part = out.copy_(part)  # bf16 / fp16 -> float32 (squares and sums below in float32)
+            sq = part * part
+        else:
+            sq = torch.mul(part, part, out=out)
         s1 += part.sum(0)
         s2 += sq.sum(0)
     mean = s1 / n
-    return mean.to(rows.dtype), (s2 / n - mean ** 2).clamp_min(0).to(rows.dtype)
+    return mean.to(acc), (s2 / n - mean ** 2).clamp_min(0).to(acc)
 
 
 def supports_sparse_halting(halting: nn.Module) -> bool:
@@ -81,13 +91,14 @@ def supports_sparse_halting(halting: nn.Module) -> bool:
     k = halting.local_conv.kernel_size
     ok_norm = isinstance(halting.local_norm, (nn.Identity, nn.GroupNorm, FrozenBatchNorm2d, nn.BatchNorm2d))
     conv = halting.local_conv
+    linear = getattr(halting, "activation", None) is None  # norm(x) = a*x + d must reach the conv unchanged
     return k in ((1, 1), (3, 3)) and conv.dilation == (1, 1) and conv.stride == (1, 1) \
-        and conv.padding == (k[0] // 2, k[1] // 2) and ok_norm and not halting.training
+        and conv.padding == (k[0] // 2, k[1] // 2) and ok_norm and linear and not halting.training
 
 
 def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Halting score at the active positions: x (B,C,H,W), active (B,1,H,W) bool or None (all positions)
-    -> h (B,1,H,W), 0 where not active.
+    -> h (B,1,H,W), 0 where not active, in :func:`.act.state_dtype` of x (float32 for bf16 / fp16 x).
 
     norm(x) = a*x + d per channel (GroupNorm: a, d from the map statistics), so the kxk conv of the
     zero-padded norm(x) at p is sum over in-map neighbours q_k of (taps[q_k, k] + e_k), with
@@ -100,14 +111,17 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
     views = [MapView(x[b]) for b in range(B)]
     stats = [_channel_stats(v) for v in views]  # one pass over each map
     mean = torch.stack([st[0] for st in stats])  # (B,C)
-    glob = halting.global_conv(halting.global_norm(mean.view(B, C, 1, 1))).view(B)  # as the dense branch
+    pooled = mean.to(x.dtype).view(B, C, 1, 1)  # as the dense branch (which pools in x's dtype)
+    glob = halting.global_conv(halting.global_norm(pooled)).view(B)
     a, d = _channel_affine(halting.local_norm, mean, torch.stack([st[1] for st in stats]))
     k2 = conv.kernel_size[0] * conv.kernel_size[1]
-    w = conv.weight.reshape(C, k2)
+    acc = state_dtype(x.dtype)  # the score's dtype; the tap GEMM runs in x's dtype (autocast: bf16 / fp16)
+    w = conv.weight.reshape(C, k2).to(acc)
     p = conv.padding[0]
     lut = F.pad(torch.arange(hw, device=x.device).view(1, H, W), (p, p, p, p), value=hw).reshape(-1)
     offs = _offsets(W + 2 * p, 1, x.device, k2)
-    h = x.new_zeros(B, hw)
+    h = x.new_zeros(B, hw, dtype=acc)
+    a, d, bias = a.to(acc), d.to(acc), (conv.bias[0] + glob.to(acc))  # bias: (B,) conv bias + global term
     for b in range(B):
         wa, const = w * a[b][:, None], (w * d[b][:, None]).sum(0)  # const: the norm's shift through the conv
         m = None if active is None else active[b, 0]
@@ -125,9 +139,10 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
             nbr = lut.index_select(0, (ppos[:, None] + offs).view(-1)).view(-1, k2)
             rows, outside = views[b].all_rows(), hw
         taps = x.new_empty(rows.shape[0] + 1, k2)  # taps[q, k] = sum_c w[c,k] a[c] x[c,q]; last row: padding
-        torch.mm(rows, wa, out=taps[:-1])
+        torch.mm(rows, wa.to(x.dtype), out=taps[:-1])
         taps[-1].zero_()
-        z = taps.gather(0, nbr).sum(1) + (nbr < outside).to(x.dtype) @ const + (conv.bias[0] + glob[b])
+        # elementwise + sum, not ``@``: autocast would run a matmul in bf16 / fp16
+        z = taps.gather(0, nbr).to(acc).sum(1) + ((nbr < outside).to(acc) * const).sum(1) + bias[b]
         h[b].index_copy_(0, aidx, torch.sigmoid(z))
     return h.view(B, 1, H, W)
 
