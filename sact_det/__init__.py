@@ -2,8 +2,6 @@
 from . import compat  # noqa: F401  (must come before any detectron2 submodule import)
 from . import config, modeling  # noqa: F401,E402  (registers the backbone and meta-architecture)
 from . import data  # noqa: F401,E402  (registers the demo and CAT2000 datasets, lazily)
-from . import engine, evaluation  # noqa: F401,E402  (cfg.SACT_TRAIN / SACT_EVAL / SACT_SALIENCY keys)
-from .classification import config as _classification_config  # noqa: F401,E402  (cfg.SACT_CLS keys)
-from .evaluation import saliency as _saliency  # noqa: F401,E402  (cfg.SACT_SALIENCY keys)
+from . import engine, evaluation  # noqa: F401,E402
 
 __version__ = "0.1.0"

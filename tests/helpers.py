@@ -54,3 +54,33 @@ def randomize_bn(module: torch.nn.Module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=g) + 0.5)
             m.bias.data.copy_(torch.randn(n, generator=g) * 0.1)
+
+
+def detection_inputs(n: int = 2, h: int = 96, w: int = 128, seed: int = 0) -> list:
+    """n detector inputs (image i is (3, h - 8i, w), two boxes of classes 0 and 2), as a mapper gives them."""
+    from detectron2.structures import Boxes, Instances
+
+    g = torch.Generator().manual_seed(seed)
+    batch = []
+    for i in range(n):
+        inst = Instances((h - 8 * i, w))
+        inst.gt_boxes = Boxes(torch.tensor([[10.0, 12.0, 60.0, 70.0], [30.0, 5.0, 90.0, 40.0]]))
+        inst.gt_classes = torch.tensor([0, 2])
+        img = torch.randint(0, 255, (3, h - 8 * i, w), generator=g).float()
+        batch.append({"image": img, "instances": inst, "height": h - 8 * i, "width": w})
+    return batch
+
+
+def fvcore_flops(module: torch.nn.Module, hw=None, x=None, eval_mode: bool = True) -> float:
+    """2 x fvcore's multiply-adds of the convolutions and fully-connected layers of ``module`` on one
+    random (1,3,h,w) image, or on the input ``x`` (an independent count to test FLOP rules against)."""
+    from fvcore.nn import FlopCountAnalysis
+
+    if eval_mode:
+        module = module.eval()
+    with torch.no_grad():
+        fa = FlopCountAnalysis(module, torch.randn(1, 3, int(hw[0]), int(hw[1])) if x is None else x)
+        fa.unsupported_ops_warnings(False)
+        fa.uncalled_modules_warnings(False)
+        ops = fa.by_operator()
+    return 2.0 * (ops.get("conv", 0) + ops.get("linear", 0) + ops.get("addmm", 0))

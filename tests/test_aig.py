@@ -10,19 +10,29 @@ from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
 import sact_det.modeling.aig  # noqa: F401  (registers the backbone and cfg.MODEL.AIG)
-import sact_det.modeling.gated_rcnn  # noqa: F401
+import sact_det.modeling.blockdrop_rcnn  # noqa: F401
 from sact_det.modeling.aig import (AIGResNet, gumbel_gate, resolve_target_rates, seed_schedule, target_rate_loss,
                                    threshold_gate)
-from sact_det.modeling.flops import backbone_flops
 from sact_det.modeling.gates import pool_valid
-from tests.helpers import randomize_bn, tiny_cfg
-from tests.test_meta_arch import _inputs
+from tests.helpers import detection_inputs, fvcore_flops, randomize_bn, tiny_cfg
+
+
+def r18_residual_flops(unit: str, hw) -> float:
+    """Hand count of the two 3x3 convs of R-18 unit ``unit`` ("res3.0") on an image of ``hw`` (what skipping saves)."""
+    h, w = (hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1  # stem conv 7x7/2 pad 3
+    h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # max pool: the res2 grid
+    stage, j = unit.split(".")
+    for _ in range({"res2": 0, "res3": 1, "res4": 2}[stage]):
+        h, w = (h - 1) // 2 + 1, (w - 1) // 2 + 1  # stride-2 conv1 of the stage's unit 0
+    c_out = {"res2": 64, "res3": 128, "res4": 256}[stage]
+    c_in = c_out // 2 if (j == "0" and stage != "res2") else c_out
+    return 2 * h * w * 9 * (c_in * c_out + c_out * c_out)
 
 
 def aig_cfg(depth=18, norm="BN", **aig):
     cfg = tiny_cfg(depth=depth, mode="none", norm=norm)
     cfg.MODEL.BACKBONE.NAME = "build_aig_resnet_backbone"
-    cfg.MODEL.META_ARCHITECTURE = "GatedRCNN"
+    cfg.MODEL.META_ARCHITECTURE = "AdaptiveRCNN"
     cfg.MODEL.AIG.GATE_NORM = "LN"
     for k, v in aig.items():
         setattr(cfg.MODEL.AIG, k, v)
@@ -108,8 +118,8 @@ def test_bad_target_rates_raise_clear_errors(aig, match):
 
 def test_needs_gated_meta_architecture():
     cfg = aig_cfg()
-    cfg.MODEL.META_ARCHITECTURE = "SACTRCNN"
-    with pytest.raises(ValueError, match="GatedRCNN"):
+    cfg.MODEL.META_ARCHITECTURE = "GeneralizedRCNN"
+    with pytest.raises(ValueError, match="AdaptiveRCNN"):
         build_backbone(cfg)
 
 
@@ -206,18 +216,17 @@ def test_flops_gates_count_and_skipped_units_cost_nothing():
     hw = (64, 96)
     with torch.no_grad():
         bb(torch.randn(1, 3, *hw))
-    dense_cfg = tiny_cfg(depth=18, mode="none")
-    dense = backbone_flops(build_backbone(dense_cfg), hw, ponder={})
+    dense = fvcore_flops(build_resnet_backbone(tiny_cfg(depth=18, mode="none"), ShapeSpec(channels=3)), hw)
     # gates on the inputs of every R-18 unit: C -> 16 (1x1) and 16 -> 2 on the pooled vector
     in_channels = [64, 64, 64, 128, 128, 256]
     gates = sum(2 * c * 16 + 2 * 16 * 2 for c in in_channels)
-    assert bb.image_flops(hw, 0) == dense + gates
+    assert bb.image_flops(0) == dense + gates
     force_gates(bb, on=False, units=["res4.1", "res3.0"])
     with torch.no_grad():
         bb(torch.randn(1, 3, *hw))
     res4_1 = 2 * (4 * 6) * 256 * 9 * 256 * 2  # two 3x3 256->256 convs on the 4x6 grid
     res3_0 = 2 * (8 * 12) * (128 * 9 * 64 + 128 * 9 * 128)  # its projection (1x1 64->128) still runs
-    assert bb.image_flops(hw, 0) == dense + gates - res4_1 - res3_0
+    assert bb.image_flops(0) == dense + gates - res4_1 - res3_0
 
 
 def test_stochastic_test_gates_option():
@@ -228,10 +237,10 @@ def test_stochastic_test_gates_option():
     with torch.no_grad():
         torch.manual_seed(0)
         bb(x)
-        a = bb.executed_matrix()
+        a = torch.stack(list(bb.last_executed.values()), 1)
         torch.manual_seed(1)
         bb(x)
-        b = bb.executed_matrix()
+        b = torch.stack(list(bb.last_executed.values()), 1)
     assert not torch.equal(a, b)
 
 
@@ -248,7 +257,7 @@ def test_detector_loss_dict_gate_gradients_and_outputs():
     model = build_model(aig_cfg(TARGET_RATE=0.5))
     model.train()
     with EventStorage() as storage:
-        losses = model(_inputs())
+        losses = model(detection_inputs())
         assert "units/used_fraction" in storage.latest()
     assert "loss_target_rate" in losses and "loss_ponder" not in losses
     assert 0 < float(losses["loss_target_rate"].detach()) <= 0.25
@@ -257,13 +266,18 @@ def test_detector_loss_dict_gate_gradients_and_outputs():
     assert grads and all(g is not None for g in grads.values())
     assert all(float(grads[f"backbone.{u}.gate.fc2.bias"].abs().sum()) > 0 for u in model.backbone.gated_units)
     model.eval()
-    batch = [{k: v for k, v in d.items() if k != "instances"} for d in _inputs()]
+    batch = [{k: v for k, v in d.items() if k != "instances"} for d in detection_inputs()]
     with torch.no_grad():
         outs = model(batch)
     bb = model.backbone
     for i, out in enumerate(outs):
         assert list(out["unit_policy"]) == bb.unit_names
-        assert out["flops"]["backbone"] == bb.image_flops(batch[i]["image"].shape[1:], i)
+        hw = tuple(batch[i]["image"].shape[1:])
+        skipped = [u for u, ran in out["unit_policy"].items() if not ran]
+        expect = fvcore_flops(build_resnet_backbone(tiny_cfg(depth=18, mode="none"), ShapeSpec(channels=3)), hw)
+        expect += sum(2 * bb._block(u).in_channels * 16 + 2 * 16 * 2 for u in bb.gated_units)  # every gate runs
+        expect -= sum(r18_residual_flops(u, hw) for u in skipped)
+        assert out["flops"]["backbone"] == expect
         assert out["flops"]["model"] > out["flops"]["backbone"]
         assert "ponder_map" not in out
 

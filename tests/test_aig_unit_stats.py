@@ -3,7 +3,7 @@ evaluator over detector outputs, and the policy picture."""
 import numpy as np
 import pytest
 
-from sact_det.modeling.unit_stats import (UnitPolicyEvaluator, draw_unit_policy, format_unit_policy_stats,
+from sact_det.evaluation.unit_stats import (UnitPolicyEvaluator, draw_unit_policy, format_unit_policy_stats,
                                           unit_policy_stats)
 
 POLICIES = [
@@ -34,7 +34,7 @@ def test_mismatched_inputs_raise():
 
 
 def test_evaluator_collects_detector_outputs(caplog):
-    caplog.set_level("INFO", logger="sact_det.modeling.unit_stats")
+    caplog.set_level("INFO", logger="sact_det.evaluation.unit_stats")
     ev = UnitPolicyEvaluator(distributed=False)
     ev.reset()
     outs = [{"unit_policy": p, "flops": {"backbone": f, "model": f + 1}} for p, f in zip(POLICIES, [2.0, 4.0, 2.0, 0.0])]

@@ -16,7 +16,7 @@ from sact_det.modeling import sparse_halting as sparse_halting_module
 from sact_det.modeling.act import HaltingState
 from sact_det.modeling.flops import backbone_flops
 from sact_det.modeling.halting import SpatialHalting
-from sact_det.modeling.meta_arch import ponder_loss
+from sact_det.modeling.backbone import ponder_loss
 from sact_det.modeling.sparse import cached_fold, sparse_unit_forward
 from sact_det.modeling.sparse_halting import masked_accumulate_, sparse_halting
 from tests.helpers import randomize_bn, tiny_cfg

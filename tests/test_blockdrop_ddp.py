@@ -19,10 +19,9 @@ from torch.nn.parallel import DistributedDataParallel
 
 import sact_det.modeling.aig  # noqa: F401
 import sact_det.modeling.blockdrop  # noqa: F401
-import sact_det.modeling.gated_rcnn  # noqa: F401
+import sact_det.modeling.blockdrop_rcnn  # noqa: F401
 from sact_det.compat.distributed import find_free_port
-from tests.helpers import tiny_cfg
-from tests.test_meta_arch import _inputs
+from tests.helpers import detection_inputs, tiny_cfg
 
 SKIPPED = "res3.1"
 
@@ -30,7 +29,7 @@ SKIPPED = "res3.1"
 def _model(family: str):
     cfg = tiny_cfg(depth=18, mode="none")
     if family == "aig":
-        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.META_ARCHITECTURE = "build_aig_resnet_backbone", "GatedRCNN"
+        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.META_ARCHITECTURE = "build_aig_resnet_backbone", "AdaptiveRCNN"
         cfg.MODEL.AIG.GATE_NORM = "LN"
     else:
         cfg.MODEL.BACKBONE.NAME, cfg.MODEL.META_ARCHITECTURE = "build_blockdrop_resnet_backbone", "BlockDropRCNN"
@@ -63,7 +62,7 @@ def _worker(rank: int, world: int, port: int, family: str, out_dir: str, zero_te
         ddp.train()
         for it in range(2):
             with EventStorage(it):
-                losses = ddp(_inputs(n=1, h=64, w=64, seed=rank))
+                losses = ddp(detection_inputs(n=1, h=64, w=64, seed=rank))
             sum(losses.values()).backward()
             opt.step()
             opt.zero_grad()

@@ -3,10 +3,9 @@ import numpy as np
 import pytest
 import torch
 
-from sact_det.classification.demo_task import (CLASS_NAMES, generate_split, ponder_on_object, summed_ponder_map,
-                                               write_demo_dataset)
+from sact_det.classification.demo_task import CLASS_NAMES, generate_split, ponder_on_object, write_demo_dataset
 from sact_det.data.classification import Cifar10Dataset
-from sact_det.modeling.backbone import StagePonder
+from sact_det.modeling.ponder_maps import sum_ponder_maps
 from tests.helpers import disable_halting
 from tests.test_classification_model import cifar_cfg, one_thread  # noqa: F401  (autouse fixture)
 from sact_det.modeling.classifier import build_classifier
@@ -35,8 +34,7 @@ def test_written_in_cifar_format(tmp_path):
 def test_summed_map_upsamples_each_stage():
     rho2 = torch.ones(1, 1, 32, 32)
     rho3 = torch.arange(4.0).reshape(1, 1, 2, 2).repeat_interleave(8, 2).repeat_interleave(8, 3)  # 16x16
-    ponders = {"res2": StagePonder(rho2, rho2), "res3": StagePonder(rho3, rho3)}
-    m = summed_ponder_map(ponders)
+    m = sum_ponder_maps([rho2[:, 0], rho3[:, 0]], size=(32, 32))
     assert m.shape == (1, 32, 32)
     assert m[0, 0, 0] == 1 and m[0, 31, 31] == 4 and m[0, 0, 31] == 2
 

@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from sact_det.classification import get_classification_cfg
-from sact_det.modeling.classifier import build_classifier, classification_losses, classifier_flops
+from sact_det.classification.losses import classification_losses
+from sact_det.modeling.classifier import build_classifier, classifier_flops
 from sact_det.modeling.flops import backbone_flops
 from tests.helpers import disable_halting, randomize_bn
 
@@ -85,14 +86,17 @@ def test_cifar_sact_all_halt_after_first_unit():
     assert classifier_flops(model, (32, 32), 2)["total"].tolist() == [expected, expected]
     for p in model.ponders.values():
         assert torch.allclose(p.ponder_cost, torch.full_like(p.ponder_cost, 2.0))
-    losses = classification_losses(model(torch.randn(2, 3, 32, 32)), torch.tensor([1, 2]), model.ponders, tau=0.01)
+    x, labels = torch.randn(2, 3, 32, 32), torch.tensor([1, 2])
+    losses = classification_losses(model, x, model(x), labels, cifar_cfg("sact", 3))  # TAU 0.01
     assert losses["loss_ponder"].item() == pytest.approx(0.01 * 3 * 2.0)
 
 
 @pytest.mark.parametrize("mode", ["sact", "act"])
 def test_halting_disabled_equals_dense_classifier(mode):
     torch.manual_seed(0)
-    adaptive = build_classifier(cifar_cfg(mode, 2, 8), 7)
+    cfg = cifar_cfg(mode, 2, 8)
+    cfg.MODEL.SACT.TAU = 0.1
+    adaptive = build_classifier(cfg, 7)
     randomize_bn(adaptive)
     disable_halting(adaptive)
     dense = build_classifier(cifar_cfg("none", 2, 8), 7)
@@ -102,7 +106,7 @@ def test_halting_disabled_equals_dense_classifier(mode):
     adaptive.eval(), dense.eval()
     with torch.no_grad():
         assert torch.equal(adaptive(x), dense(x))
-    losses = classification_losses(adaptive(x), torch.tensor([0, 1, 2]), adaptive.ponders, tau=0.1)
+    losses = classification_losses(adaptive, x, adaptive(x), torch.tensor([0, 1, 2]), cfg)
     assert losses["loss_ponder"].item() == pytest.approx(0.1 * 3 * (2 + 1))  # rho = L + R = 2 + 1 per stage
     assert losses["loss_cls"].item() == pytest.approx(torch.nn.functional.cross_entropy(dense(x), torch.tensor([0, 1, 2])).item())
 
@@ -152,6 +156,8 @@ def test_shipped_configs_build(path):
     cfg.merge_from_file(path)
     with torch.device("meta"):
         model = build_classifier(cfg, 10)
-    assert model.mode == cfg.MODEL.SACT.MODE
+    family = {"build_aig_resnet_backbone": "aig", "build_blockdrop_resnet_backbone": "blockdrop"}.get(
+        cfg.MODEL.BACKBONE.NAME, "dense" if cfg.MODEL.SACT.MODE == "none" else cfg.MODEL.SACT.MODE)
+    assert model.family == family
     if cfg.SACT_CLS.ARCH == "cifar":
         assert len(model.backbone.res2) == cfg.SACT_CLS.CIFAR.NUM_UNITS

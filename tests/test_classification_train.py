@@ -196,3 +196,35 @@ def test_ddp_two_cpu_processes(tmp_path, cifar_root):
     for k in ("top1", "top5", "mean_loss", "flops_mean", "flops_std"):
         assert single[k] == pytest.approx(res["metrics"][k], rel=1e-6), k
     shutil.rmtree(tmp_path / "ddp")
+
+
+@pytest.mark.parametrize("config", ["cifar10_resnet110_aig.yaml", "cifar10_resnet110_blockdrop.yaml"])
+def test_aig_and_blockdrop_train_and_evaluate_in_the_tool(tmp_path, cifar_root, capsys, restore_loggers, config):
+    """tools/train_classifier.py trains the shipped ConvNet-AIG / BlockDrop config (shrunk to ResNet-14,
+    width 4, 3 iterations) on CIFAR-10-format data, then --eval-only prints the seeds' statistics."""
+    from tools.train_classifier import get_parser, main
+
+    path = f"configs/Classification/{config}"
+    small = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "SACT_CLS.DATA.ROOT", cifar_root, "OUTPUT_DIR", str(tmp_path),
+             "SACT_CLS.CIFAR.NUM_UNITS", "2", "SACT_CLS.CIFAR.WIDTH", "4", "SACT_CLS.SOLVER.IMS_PER_BATCH", "8",
+             "SACT_CLS.SOLVER.UNIT", "iter", "SACT_CLS.SOLVER.STEPS", "()", "SACT_CLS.SOLVER.MAX_LENGTH", "3",
+             "SACT_CLS.SOLVER.CHECKPOINT_PERIOD", "3", "SACT_CLS.SOLVER.EVAL_PERIOD", "0",
+             "SACT_CLS.SOLVER.LOG_PERIOD", "1", "SACT_CLS.TEST.IMS_PER_BATCH", "4", "DATALOADER.NUM_WORKERS", "0",
+             "MODEL.BLOCKDROP.CURRICULUM_PERIOD", "1"]
+    trained = main(get_parser().parse_args(["--config-file", path, "--no-progress"] + small))
+    family = "aig" if "aig" in config else "blockdrop"
+    assert trained["family"] == family and trained["num_images"] == 10
+    lines = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
+    key = {"aig": "loss_target_rate", "blockdrop": "loss_policy"}[family]
+    assert [x["iteration"] for x in lines if key in x] == [1, 2, 3]
+    assert all(x.get("units/used_mean", 0) > 0 for x in lines if key in x)
+    capsys.readouterr()
+    metrics = main(get_parser().parse_args(["--config-file", path, "--eval-only", "--no-progress"] + small))
+    printed = capsys.readouterr().out
+    for line in ("eval/Accuracy[", "Total Flops/mean[", "Block Usage:", "Unique Policies:",
+                 "Unit execution rates: res2.0:", "res4/num_units_executed["):
+        assert line in printed
+    assert metrics["unit_policy"]["num_units"] == 6 and metrics["top1"] == trained["top1"]
+    weights = read_weights(str(tmp_path / "model_final.pth"))["checkpoint"]["model"]
+    own = ".gate." if family == "aig" else "backbone.policy."
+    assert any(own in k for k in weights)

@@ -4,7 +4,8 @@ import glob
 import pytest
 from detectron2.modeling import build_backbone
 
-from sact_det.config import get_sact_cfg, validate_sact_cfg
+from sact_det.classification import get_classification_cfg
+from sact_det.config import get_sact_cfg, validate_classification_cfg, validate_saliency_cfg, validate_sact_cfg
 
 CONFIGS = sorted(glob.glob("configs/**/*.yaml", recursive=True))
 
@@ -16,9 +17,14 @@ def test_configs_exist():
 
 @pytest.mark.parametrize("path", CONFIGS)
 def test_config_parses(path):
-    cfg = get_sact_cfg()
+    """Merged as the tools do (classification configs onto get_classification_cfg()) and validated."""
+    classification = "/Classification/" in path
+    cfg = get_classification_cfg() if classification else get_sact_cfg()
     cfg.merge_from_file(path)
     validate_sact_cfg(cfg)
+    validate_saliency_cfg(cfg)
+    if classification:
+        validate_classification_cfg(cfg)
     assert cfg.MODEL.BACKBONE.NAME
 
 

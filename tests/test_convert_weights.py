@@ -9,7 +9,7 @@ from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
 from sact_det.classification.checkpoint import CheckpointError, load_classifier_weights, save_checkpoint
-from sact_det.classification.export import torchvision_to_d2
+from sact_det.classification.torchvision_names import torchvision_to_d2
 from sact_det.modeling.classifier import build_classifier
 from tests.helpers import disable_halting, randomize_bn, tiny_cfg
 from tests.test_classification_model import imagenet_cfg, one_thread  # noqa: F401  (autouse fixture)

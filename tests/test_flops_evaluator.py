@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from sact_det.evaluation.flops_evaluator import FlopsEvaluator, format_table, summarize_records, units_from_ponder
-from tests.helpers import build_tiny_model, disable_halting, tiny_cfg
+from tests.helpers import fvcore_flops, build_tiny_model, disable_halting, tiny_cfg
 
 
 def _conv(out_hw, cin, cout, k):
@@ -120,7 +120,7 @@ def test_halting_everywhere_after_first_unit():
 
 def test_missing_flops_output_is_a_clear_error():
     ev = FlopsEvaluator(tiny_cfg(depth=18), "test", distributed=False)
-    with pytest.raises(KeyError, match="SACTRCNN"):
+    with pytest.raises(KeyError, match="AdaptiveRCNN"):
         ev.process([{"image": torch.zeros(3, 32, 32)}], [{"instances": None}])
 
 
@@ -141,17 +141,6 @@ def _original_cfg(mode: str = "none", units=(1, 1, 1, 1), base: int = 2):
     return cfg
 
 
-def _fvcore_conv_flops(module: torch.nn.Module, hw) -> float:
-    """2 x fvcore's conv count (fvcore counts one multiply-add per conv weight use, biases excluded)."""
-    from fvcore.nn import FlopCountAnalysis
-
-    module.eval()
-    with torch.no_grad():
-        fca = FlopCountAnalysis(module, torch.rand(1, 3, *hw))
-        fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False)
-        return 2.0 * fca.by_operator()["conv"]
-
-
 def test_original_variant_dense_model_is_100_percent_of_its_own_dense_extractor():
     from detectron2.modeling import build_model
 
@@ -162,7 +151,7 @@ def test_original_variant_dense_model_is_100_percent_of_its_own_dense_extractor(
     res, outputs = _evaluate(model, cfg, sizes)
     flops = res["flops"]
     assert flops["pct_of_dense_mean"] == pytest.approx(100.0, abs=1e-9) and flops["pct_of_dense_std"] == 0.0
-    own = [_fvcore_conv_flops(model.backbone, hw) for hw in sizes]  # independent count on the real backbone
+    own = [fvcore_flops(model.backbone, hw) for hw in sizes]  # independent count on the real backbone
     assert flops["dense_gflops_mean"] == pytest.approx(sum(own) / 2 / 1e9, rel=1e-12)
     assert [o["flops"]["backbone"] for o in outputs] == pytest.approx(own, rel=1e-12)
     assert "v2 (original)" in format_table(flops, {}, 101, "original")
@@ -193,6 +182,6 @@ def test_original_variant_reference_equals_fvcore_on_a_real_resnet50_v2():
     ev.process([{"image": torch.zeros(3, *hw)}], [{"flops": {"backbone": 1e9, "model": 2e9}}])
     res = ev.evaluate()["flops"]
     torch.manual_seed(0)
-    expect = _fvcore_conv_flops(build_backbone(cfg), hw)
+    expect = fvcore_flops(build_backbone(cfg), hw)
     assert res["r50_gflops_mean"] == pytest.approx(expect / 1e9, rel=1e-12)
     assert res["dense_gflops_mean"] == pytest.approx(expect / 1e9, rel=1e-12)  # this model is the dense R-50 v2

@@ -8,8 +8,7 @@ from detectron2.utils.events import EventStorage
 from sact_det.modeling.classifier import build_classifier
 from sact_det.modeling.flops import backbone_flops
 from sact_det.modeling.original_resnet import BottleneckV2, OriginalRes5ROIHeads, OriginalSACTResNet
-from tests.helpers import tiny_cfg
-from tests.test_meta_arch import _inputs
+from tests.helpers import detection_inputs, tiny_cfg
 
 
 def _detector_cfg():
@@ -42,14 +41,14 @@ def test_original_detector_trains_a_step_and_evaluates():
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     opt = torch.optim.SGD(params, lr=0.01)
     with EventStorage():
-        losses = model(_inputs())
+        losses = model(detection_inputs())
     assert "loss_ponder" in losses and all(torch.isfinite(v) for v in losses.values())
     sum(losses.values()).backward()
     opt.step()
     changed = {n for n, p in model.named_parameters() if p.requires_grad and not torch.equal(p, before[n])}
     assert any(n.startswith("roi_heads.postnorm.") for n in changed) and any(".halting." in n for n in changed)
     model.eval()
-    batch = [{k: v for k, v in d.items() if k != "instances"} for d in _inputs(n=2)]
+    batch = [{k: v for k, v in d.items() if k != "instances"} for d in detection_inputs(n=2)]
     with torch.no_grad():
         outs = model(batch)
     for i, out in enumerate(outs):

@@ -9,6 +9,7 @@ import torch
 import sact_det  # noqa: F401
 from sact_det.config import get_sact_cfg
 from sact_det.evaluation import saliency as S
+from sact_det.modeling.ponder_maps import sum_ponder_maps
 
 
 def _cfg(**kw):
@@ -19,7 +20,7 @@ def _cfg(**kw):
 
 
 def test_config_keys_registered_and_commented():
-    c = get_sact_cfg().SACT_SALIENCY  # added through the config hook
+    c = get_sact_cfg().SACT_SALIENCY  # added by add_sact_config
     assert c.TEMPERATURE == pytest.approx(0.2) and list(c.INPUT_SIZE) == [640, 360]
     lines = inspect.getsource(S.add_saliency_config).splitlines()
     for key in c:
@@ -99,7 +100,7 @@ def test_mean_fixation_baseline_leaves_own_image_out():
 def test_resize_and_stage_sum():
     assert np.allclose(S.resize_map(np.full((3, 5), 2.0), (30, 50)), 2.0)
     assert np.allclose(S.resize_map(np.full((30, 50), 2.0), (3, 5)), 2.0)
-    total = S.ponder_map_from_stages([torch.ones(4, 4), torch.full((2, 2), 2.0)])
+    total = sum_ponder_maps([torch.ones(4, 4), torch.full((2, 2), 2.0)])
     assert torch.allclose(total, torch.full((4, 4), 3.0))
     with pytest.raises(ValueError, match="ponder_map"):
         S.ponder_to_saliency(np.zeros(5), (4, 4), _cfg().SACT_SALIENCY)

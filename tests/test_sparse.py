@@ -7,7 +7,7 @@ from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, Bottlenec
 
 from sact_det.modeling import gather, sparse
 from sact_det.modeling.fold import fold_conv
-from sact_det.modeling.sparse import choose_execution, dense_folded_forward, fold_unit, sparse_unit_forward
+from sact_det.modeling.sparse import dense_folded_forward, fold_unit, sparse_unit_forward
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -167,25 +167,6 @@ def test_errors_are_clear():
         sparse_unit_forward(folded, torch.randn(1, 8, H, W), torch.ones(1, 1, H, W, dtype=torch.bool))
     with pytest.raises(RuntimeError, match="inference-only"):
         sparse_unit_forward(folded, x.requires_grad_(), torch.ones(1, 1, H, W, dtype=torch.bool))
-
-
-def test_choose_execution():
-    assert choose_execution("dense", 0.0, 0.5) is False
-    assert choose_execution("sparse", 1.0, 0.5) is True
-    assert choose_execution("auto", 0.49, 0.5) is True
-    assert choose_execution("auto", 0.5, 0.5) is False
-    with pytest.raises(ValueError, match="cfg.MODEL.SACT.EXECUTION"):
-        choose_execution("fast", 0.1, 0.5)
-
-
-@pytest.mark.parametrize("mode", ["dense", "sparse", "auto"])
-def test_execute_unit_modes_agree(mode):
-    blk = _randomize_norms(_blocks()["bottleneck_frozenbn"])
-    x = torch.randn(4, 32, H, W)
-    active = _masks(4)
-    with torch.no_grad():
-        out = sparse.execute_unit(blk, x, active, mode=mode, max_density=0.5)
-    torch.testing.assert_close(out, _expected(blk, x, active), **TOL)
 
 
 def test_dilated_mask_is_exactly_what_conv1_needs():

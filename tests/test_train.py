@@ -8,7 +8,7 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from sact_det.engine.checkpoint import AtomicDetectionCheckpointer, atomic_write
+from sact_det.engine.checkpoint import AtomicDetectionCheckpointer
 from sact_det.engine.hooks import PerIterationSeed, TauWarmup, iteration_seed
 from sact_det.engine.sampler import ResumableTrainingSampler
 from sact_det.engine.setup_config import ConfigError, load_config
@@ -157,9 +157,9 @@ def test_stale_temporaries_and_missing_tagged_file(tmp_path):
     ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(1, 1), str(tmp_path))
     (tmp_path / ".tmp-model_0000009.pth.abc").write_bytes(b"partial")
     assert ckpt.remove_stale_temporaries() == 1
-    atomic_write(str(tmp_path / "last_checkpoint"), lambda f: f.write(b"model_0000042.pth"))
+    (tmp_path / "last_checkpoint").write_text("model_0000042.pth")
     with pytest.raises(FileNotFoundError, match="model_0000042.pth"):
-        ckpt.resolve_resume_file()
+        ckpt.get_checkpoint_file()
 
 
 def test_unknown_config_key_in_file(tmp_path):

@@ -44,10 +44,10 @@ from detectron2.engine import DefaultPredictor  # noqa: E402
 from sact_det.data.mapper import read_image_checked  # noqa: E402
 from sact_det.engine.checks import add_random_weights_flag, check_weights  # noqa: E402
 from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
-from sact_det.engine.trainer import ensure_registered  # noqa: E402
+from sact_det.data import ensure_registered  # noqa: E402
 from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
 from sact_det.modeling.flops import backbone_flops  # noqa: E402
-from sact_det.modeling.unit_stats import draw_unit_policy  # noqa: E402
+from sact_det.evaluation.unit_stats import draw_unit_policy  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -118,7 +118,7 @@ def predict(cfg, files: List[str]) -> List[Dict]:
         key = "unit_policy" if gated else "ponder_map"
         if key not in pred:
             raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} returns no {key} "
-                             f"(use SACTRCNN, GatedRCNN or BlockDropRCNN)")
+                             f"(use AdaptiveRCNN or BlockDropRCNN)")
         h, w = img.shape[:2]
         resized = aug.get_transform(img).apply_image(img).shape[:2]
         rec = {"file": path, "instances": pred["instances"].to("cpu"), "flops": pred["flops"], "image_hw": (h, w),

@@ -31,7 +31,7 @@ from tqdm import tqdm  # noqa: E402
 
 from sact_det.engine.checks import add_random_weights_flag, check_device, check_weights  # noqa: E402
 from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
-from sact_det.evaluation.saliency import validate_saliency_cfg  # noqa: E402  (adds SACT_SALIENCY keys)
+from sact_det.config import validate_saliency_cfg  # noqa: E402
 from sact_det.evaluation.saliency_evaluator import SaliencyEvaluator  # noqa: E402
 
 logger = logging.getLogger("sact_det.eval_saliency")

@@ -25,6 +25,10 @@ def main() -> int:
     p.add_argument("--oracle", default=os.path.normpath(default), help="oracle folder (one sub-folder per model)")
     p.add_argument("--models", nargs="*", default=list(ORACLE_MODELS), help="model folders to check")
     args = p.parse_args()
+    missing = [m for m in args.models if not os.path.isfile(os.path.join(args.oracle, m, "summary.json"))]
+    if missing:
+        p.error(f"no oracle model folder (with summary.json) for {missing} under {args.oracle}; "
+                "pass --oracle /path/to/shared/oracle")
     torch.set_num_threads(1)
     reports = {m: check_oracle_model(os.path.join(args.oracle, m)) for m in args.models}
     print(report_table(reports))

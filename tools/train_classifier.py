@@ -1,10 +1,16 @@
 #!/usr/bin/env python
-"""Train / evaluate dense, ACT and SACT ResNet classifiers on CIFAR-10 or ImageNet.
+"""Train / evaluate adaptive ResNet classifiers on CIFAR-10 or ImageNet: every backbone family
+(cfg.MODEL.BACKBONE.NAME: SACT / ACT / dense, ConvNet-AIG, BlockDrop). Evaluation prints each
+family's statistics: ponder cost per stage (SACT / ACT); block usage, unique policies and
+per-unit execution rates (ConvNet-AIG / BlockDrop).
 
 Examples:
   # CIFAR-10 SACT ResNet-32, tau 0.01, 2 processes (GPUs, or gloo CPU processes without CUDA)
   python tools/train_classifier.py --config-file configs/Classification/cifar10_resnet32_sact_tau0.01.yaml \
       --num-gpus 2 OUTPUT_DIR output/cifar_sact SACT_CLS.DATA.ROOT datasets/cifar-10-batches-py
+  # ConvNet-AIG / BlockDrop CIFAR-10 ResNet-110 (BlockDrop: curriculum on a trained dense ResNet-110)
+  python tools/train_classifier.py --config-file configs/Classification/cifar10_resnet110_aig.yaml \
+      OUTPUT_DIR output/cifar_aig SACT_CLS.DATA.ROOT datasets/cifar-10-batches-py
   # resume after an interruption (continues from OUTPUT_DIR/last_checkpoint)
   python tools/train_classifier.py --config-file ... --resume OUTPUT_DIR output/cifar_sact
   # evaluate once (prints "Total Flops/mean[...]" etc., writes JSON)

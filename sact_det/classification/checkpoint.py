@@ -1,5 +1,5 @@
-"""Checkpoints of the classification tool: atomic save, resume, and initial weights from
-torchvision .pth / detectron2-style .pkl / classification checkpoints (halting params new).
+"""Checkpoints of the classification tool: atomic save (sact_det.utils.atomic), resume, and initial
+weights from torchvision .pth / detectron2-style .pkl / classification checkpoints (halting params new).
 
 Training checkpoint (``model_<iter>.pth``): {"model": classifier state_dict, "optimizer",
 "scheduler", "iteration", "seed", "num_classes", "class_names", "sact_cls_format": 1}.
@@ -8,7 +8,6 @@ Training checkpoint (``model_<iter>.pth``): {"model": classifier state_dict, "op
 import logging
 import os
 import pickle
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, List, Optional
 
@@ -16,9 +15,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .export import is_torchvision_state_dict, torchvision_to_d2
+from ..utils.atomic import atomic_torch_save, atomic_write
+from .torchvision_names import is_torchvision_state_dict, torchvision_to_d2
 
-__all__ = ["atomic_save", "save_checkpoint", "last_checkpoint", "read_weights", "load_classifier_weights",
+__all__ = ["save_checkpoint", "last_checkpoint", "read_weights", "load_classifier_weights",
            "CheckpointError"]
 
 logger = logging.getLogger(__name__)
@@ -29,44 +29,11 @@ class CheckpointError(ValueError):
     """A weights file does not fit the model (the message names the file and key)."""
 
 
-def _public(tmp: str) -> None:
-    """mkstemp creates 0600 files; give the final file the usual permissions (0666 minus umask)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-
-
-def atomic_save(obj: Any, path: str) -> None:
-    """torch.save to a temporary file in the same folder, fsync, then rename over ``path``."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        _public(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _atomic_write_text(path: str, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=os.path.dirname(os.path.abspath(path)))
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-    _public(tmp)
-    os.replace(tmp, path)
-
-
 def save_checkpoint(folder: str, name: str, state: Dict[str, Any], max_to_keep: int = 0) -> str:
     """Save ``state`` as ``folder/name.pth``, point ``last_checkpoint`` at it, prune old periodic ones."""
     path = os.path.join(folder, name + ".pth")
-    atomic_save({**state, FORMAT_KEY: 1}, path)
-    _atomic_write_text(os.path.join(folder, "last_checkpoint"), name + ".pth")
+    atomic_torch_save({**state, FORMAT_KEY: 1}, path)
+    atomic_write(os.path.join(folder, "last_checkpoint"), lambda f: f.write((name + ".pth").encode()))
     if max_to_keep > 0:
         periodic = sorted(f for f in os.listdir(folder) if f.startswith("model_") and f[6:13].isdigit()
                           and f.endswith(".pth"))

@@ -13,8 +13,9 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data.classification import write_cifar10_batch
+from ..modeling.ponder_maps import sum_ponder_maps
 
-__all__ = ["CLASS_NAMES", "make_image", "generate_split", "write_demo_dataset", "summed_ponder_map", "ponder_on_object",
+__all__ = ["CLASS_NAMES", "make_image", "generate_split", "write_demo_dataset", "ponder_on_object",
            "save_ponder_grid"]
 
 CLASS_NAMES = ("circle", "square", "triangle", "plus")
@@ -96,17 +97,6 @@ def write_demo_dataset(root: str, num_train: int = 4000, num_test: int = 800, se
     return root
 
 
-def summed_ponder_map(ponders, size: int = SIZE):
-    """rho summed over adaptive stages, each upsampled (nearest) to ``size``: (B,size,size) tensor."""
-    import torch.nn.functional as F
-
-    total = None
-    for p in ponders.values():
-        up = F.interpolate(p.ponder_cost.detach().float(), size=(size, size), mode="nearest")[:, 0]
-        total = up if total is None else total + up
-    return total
-
-
 def ponder_on_object(model, images, masks, batch_size: int = 200) -> dict:
     """Mean ponder cost on object pixels vs background pixels (summed map and per stage).
 
@@ -114,7 +104,6 @@ def ponder_on_object(model, images, masks, batch_size: int = 200) -> dict:
     whose object mean exceeds their background mean.
     """
     import torch
-    import torch.nn.functional as F
 
     model.eval()
     masks_t = torch.as_tensor(masks)
@@ -124,9 +113,10 @@ def ponder_on_object(model, images, masks, batch_size: int = 200) -> dict:
         for i in range(0, len(images), batch_size):
             model(images[i:i + batch_size])
             m = masks_t[i:i + batch_size]
-            maps = {"total": summed_ponder_map(model.ponders)}
-            for name, p in model.ponders.items():
-                maps[name] = F.interpolate(p.ponder_cost.float(), size=(SIZE, SIZE), mode="nearest")[:, 0]
+            stage_maps = {name: p.ponder_cost[:, 0] for name, p in model.ponders.items()}
+            maps = {"total": sum_ponder_maps(list(stage_maps.values()), size=(SIZE, SIZE))}
+            for name, mp in stage_maps.items():
+                maps[name] = sum_ponder_maps([mp], size=(SIZE, SIZE))  # one stage, upsampled (nearest)
             for key, mp in maps.items():
                 s = sums.setdefault(key, [0.0, 0, 0.0, 0])
                 s[0] += float(mp[m].sum()); s[1] += int(m.sum())
@@ -147,7 +137,7 @@ def save_ponder_grid(model, images_uint8, images, path: str, count: int = 8, sca
     model.eval()
     with torch.no_grad():
         model(images[:count])
-    maps = summed_ponder_map(model.ponders).numpy()
+    maps = sum_ponder_maps([p.ponder_cost[:, 0] for p in model.ponders.values()], size=(SIZE, SIZE)).numpy()
     lo, hi = float(maps.min()), float(maps.max())
     grey = ((maps - lo) / max(hi - lo, 1e-6) * 255).astype(np.uint8)
     top = np.concatenate(list(images_uint8[:count]), 1)

@@ -21,10 +21,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..compat import create_ddp_model
 from ..data.classification import build_classification_dataset, build_transform
-from ..modeling.classifier import build_classifier, classification_losses
+from ..modeling.classifier import build_classifier
 from .checkpoint import last_checkpoint, load_classifier_weights, read_weights, save_checkpoint
 from .config import validate_classification_cfg
 from .evaluator import TransformedDataset, evaluate_classifier, format_metrics, write_metrics_json
+from .losses import classification_losses, prepare_classifier_training
 
 __all__ = ["train_classifier", "epoch_batches", "SeededDataset"]
 
@@ -132,6 +133,7 @@ def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[s
     seed = int(cfg.SEED) if cfg.SEED >= 0 else comm.shared_random_seed()
     torch.manual_seed(seed)  # model init (DDP then copies rank 0's parameters to every process)
     model = build_classifier(cfg, num_classes).to(device)
+    prepare_classifier_training(model)
     optimizer = torch.optim.SGD(
         get_default_optimizer_params(model, base_lr=s.BASE_LR, weight_decay=s.WEIGHT_DECAY,
                                      weight_decay_norm=s.WEIGHT_DECAY_NORM),
@@ -148,10 +150,10 @@ def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[s
         logger.info("resumed from %s at iteration %d", ckpt, start_iter)
     elif cfg.MODEL.WEIGHTS:
         load_classifier_weights(model, cfg.MODEL.WEIGHTS, reset_fc=cfg.SACT_CLS.RESET_FC)
-    ddp = create_ddp_model(model, broadcast_buffers=True, find_unused_parameters=model.mode != "none")
+    ddp = create_ddp_model(model, broadcast_buffers=True, find_unused_parameters=model.family != "dense")
     data = SeededDataset(train_set, build_transform(cfg, train=True))
     test_data = TransformedDataset(test_set, build_transform(cfg, train=False))
-    tau, smoothing = float(cfg.MODEL.SACT.TAU), float(s.LABEL_SMOOTHING)
+    tau = float(cfg.MODEL.SACT.TAU)
     writer = _Writer(out_dir, enabled=comm.is_main_process())
     bar = _progress(progress and comm.is_main_process(), max_iter, start_iter)
 
@@ -182,7 +184,7 @@ def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[s
                 model.train()
                 for images, labels in loader:
                     images, labels = images.to(device), labels.to(device)
-                    losses, logits = _step(ddp, model, optimizer, scheduler, images, labels, tau, smoothing, it)
+                    losses, logits = _step(ddp, optimizer, scheduler, images, labels, cfg, it)
                     it += 1
                     if it % int(s.LOG_PERIOD) == 0 or it == max_iter:
                         _log(writer, bar, it, losses, logits, labels, model, optimizer)
@@ -207,10 +209,10 @@ def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[s
     return metrics
 
 
-def _step(ddp, model, optimizer, scheduler, images, labels, tau: float, smoothing: float, it: int):
-    """One SGD step on CE + tau * ponder cost; returns (losses dict, logits)."""
+def _step(ddp, optimizer, scheduler, images, labels, cfg, it: int):
+    """One SGD step on cross-entropy + the backbone's losses (classification_losses); returns (losses, logits)."""
     logits = ddp(images)
-    losses = classification_losses(logits, labels, model.ponders, tau, smoothing)
+    losses = classification_losses(ddp, images, logits, labels, cfg, iteration=it)
     loss = sum(losses.values())
     if not torch.isfinite(loss):
         raise FloatingPointError(f"loss became {loss.item()} at iteration {it}: {losses}")
@@ -226,8 +228,7 @@ def _log(writer, bar, it: int, losses: Dict[str, torch.Tensor], logits, labels, 
     values["total_loss"] = sum(values.values())
     values["train_top1"] = float((logits.argmax(1) == labels).float().mean())
     values["lr"] = optimizer.param_groups[0]["lr"]
-    for name, p in model.ponders.items():
-        values[f"{name}/ponder_cost"] = float(p.ponder_cost.detach().mean())
+    values.update(model.backbone.log_statistics())  # ponder/<stage>_mean, units/..., per family
     if comm.is_main_process():
         writer.scalars(it, values)
         bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if "/" not in k})

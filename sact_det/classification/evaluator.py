@@ -1,5 +1,6 @@
-"""Evaluation as in the original SACT code: accuracy, mean loss, per-image FLOPs mean / std,
-per-stage ponder cost and units executed. Runs sharded over processes (detectron2's
+"""Evaluation as in the original SACT, ConvNet-AIG and BlockDrop code: accuracy, mean loss, per-image
+FLOPs mean / std, and each family's statistics: per-stage ponder cost and units executed (SACT /
+ACT), block usage, unique policies and per-unit execution rates (AIG / BlockDrop). Runs sharded over processes (detectron2's
 InferenceSampler) and gathers per-image records, so every image counts exactly once.
 """
 import json
@@ -14,7 +15,8 @@ from detectron2.data.samplers import InferenceSampler
 from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ..modeling.classifier import SACTClassifier, classifier_flops
+from ..evaluation.unit_stats import format_unit_policy_stats, unit_policy_stats
+from ..modeling.classifier import AdaptiveClassifier, classifier_flops
 
 __all__ = ["evaluate_classifier", "evaluate_checkpoint", "format_metrics", "write_metrics_json", "TransformedDataset"]
 
@@ -35,35 +37,44 @@ class TransformedDataset(Dataset):
         return self.transform(image), label
 
 
-def _per_image_records(model: SACTClassifier, images: torch.Tensor, labels: torch.Tensor, tau: float
+SACT_FAMILIES = ("sact", "act")
+POLICY_FAMILIES = ("aig", "blockdrop")
+
+
+def _per_image_records(model: AdaptiveClassifier, images: torch.Tensor, labels: torch.Tensor, tau: float
                        ) -> Dict[str, np.ndarray]:
+    """One batch -> per-image records (first axis B): ce, top1, top5, loss, flops, dense_flops, and
+    per family: SACT / ACT <stage>/ponder_cost, num_units, units_run, flops; AIG / BlockDrop policy (B,U)."""
     logits = model(images)
     b = images.shape[0]
     ce = F.cross_entropy(logits, labels, reduction="none")
     k = min(5, logits.shape[1])
     topk = logits.topk(k, dim=1).indices
     rec = {"ce": ce, "top1": (topk[:, 0] == labels).float(), "top5": (topk == labels[:, None]).any(1).float()}
+    rec["flops"] = torch.tensor([model.image_flops(i) for i in range(b)], dtype=torch.float64)
+    rec["dense_flops"] = torch.full((b,), model.dense_flops(images.shape[-2:]), dtype=torch.float64)
     ponder_total = torch.zeros(b, device=logits.device)
-    for name, p in model.ponders.items():
-        rho = p.ponder_cost.flatten(1).mean(1)
-        ponder_total = ponder_total + rho
-        rec[f"{name}/ponder_cost"] = rho
-        rec[f"{name}/num_units"] = p.num_units.flatten(1).mean(1)
-        ran = [m.flatten(1).any(1).float() for m in p.masks]
-        rec[f"{name}/units_run"] = 1.0 + (torch.stack(ran, 1).sum(1) if ran else torch.zeros(b, device=logits.device))
+    if model.family in SACT_FAMILIES or model.family == "dense":
+        for name, p in model.ponders.items():
+            rho = p.ponder_cost.flatten(1).mean(1)
+            ponder_total = ponder_total + rho
+            rec[f"{name}/ponder_cost"] = rho
+            rec[f"{name}/num_units"] = p.num_units.flatten(1).mean(1)
+            ran = [m.flatten(1).any(1).float() for m in p.masks]
+            rec[f"{name}/units_run"] = 1.0 + (torch.stack(ran, 1).sum(1) if ran else torch.zeros(b, device=logits.device))
+        for name, f in classifier_flops(model, images.shape[-2:], b).items():
+            if name in model.backbone.stage_names:
+                rec[f"{name}/flops"] = f
+    elif model.family in POLICY_FAMILIES:
+        policies = [model.backbone.image_outputs(i)["unit_policy"] for i in range(b)]
+        rec["policy"] = torch.tensor([[bool(v) for v in p.values()] for p in policies], dtype=torch.bool)
     rec["loss"] = ce + tau * ponder_total
-    hw = images.shape[-2:]
-    flops = classifier_flops(model, hw, b)
-    rec["flops"] = flops["total"]
-    dense = classifier_flops(model, hw, 1, ponder={})["total"][0]
-    rec["dense_flops"] = dense.expand(b)
-    for name in model.backbone.stage_names:
-        rec[f"{name}/flops"] = flops[name]
-    return {key: v.detach().double().cpu().numpy() for key, v in rec.items()}
+    return {key: v.detach().cpu().numpy() if v.dtype == torch.bool else v.detach().double().cpu().numpy()
+            for key, v in rec.items()}
 
 
 @torch.no_grad()
-def evaluate_classifier(model: SACTClassifier, dataset: Dataset, *, batch_size: int, tau: float, device: str = "cpu",
+def evaluate_classifier(model: AdaptiveClassifier, dataset: Dataset, *, batch_size: int, tau: float, device: str = "cpu",
                         num_workers: int = 0, max_images: int = 0, progress: bool = False) -> Dict[str, Any]:
     """Evaluate on ``dataset`` (items: normalised tensor, label) over all processes; every process
     returns the same metrics dict (see :func:`format_metrics` for the printed names)."""
@@ -87,31 +98,42 @@ def evaluate_classifier(model: SACTClassifier, dataset: Dataset, *, batch_size: 
     return summarize(records, model)
 
 
-def summarize(records: Dict[str, np.ndarray], model: SACTClassifier) -> Dict[str, Any]:
+def summarize(records: Dict[str, np.ndarray], model: AdaptiveClassifier) -> Dict[str, Any]:
     """Per-image records -> metrics (means over images; std = standard deviation over images)."""
     flops, dense = records["flops"], float(records["dense_flops"][0])
+    bb = model.backbone
     out: Dict[str, Any] = {
-        "num_images": int(len(flops)), "mode": model.mode,
+        "num_images": int(len(flops)), "family": model.family,
         "top1": float(records["top1"].mean()), "top5": float(records["top5"].mean()),
         "mean_loss": float(records["loss"].mean()), "mean_ce": float(records["ce"].mean()),
         "flops_mean": float(flops.mean()), "flops_std": float(flops.std()), "flops_min": float(flops.min()),
         "flops_max": float(flops.max()), "dense_flops": dense, "flops_ratio": float(flops.mean() / dense),
         "stages": {},
     }
-    for name, stage in zip(model.backbone.stage_names, model.backbone.stages):
-        st = {"units": len(stage), "adaptive": name in model.backbone.adaptive_stages,
-              "flops_mean": float(records[f"{name}/flops"].mean()), "flops_std": float(records[f"{name}/flops"].std())}
+    unit_names = list(bb.unit_names) if "policy" in records else []
+    if unit_names:
+        policies = [dict(zip(unit_names, row.tolist())) for row in records["policy"]]
+        out["unit_policy"] = unit_policy_stats(policies, flops.tolist())
+    for name, stage in zip(bb.stage_names, bb.stages):
+        st: Dict[str, Any] = {"units": len(stage)}
+        if f"{name}/flops" in records:
+            st.update(flops_mean=float(records[f"{name}/flops"].mean()), flops_std=float(records[f"{name}/flops"].std()))
         if f"{name}/ponder_cost" in records:
             rho, n = records[f"{name}/ponder_cost"], records[f"{name}/num_units"]
             st.update(ponder_cost_mean=float(rho.mean()), ponder_cost_std=float(rho.std()),
                       num_units_mean=float(n.mean()), num_units_executed_mean=float(records[f"{name}/units_run"].mean()),
                       num_units_executed_max=int(records[f"{name}/units_run"].max()))
+        cols = [i for i, u in enumerate(unit_names) if u.split(".")[0] == name]
+        if cols:  # AIG / BlockDrop: units of this stage the policy decides, executed per image
+            ran = records["policy"][:, cols].sum(1) + (len(stage) - len(cols))
+            st.update(num_units_executed_mean=float(ran.mean()), num_units_executed_max=int(ran.max()))
         out["stages"][name] = st
     return out
 
 
 def format_metrics(m: Dict[str, Any]) -> str:
-    """Lines in the original implementation's style, e.g. ``Total Flops/mean[82393168]``."""
+    """Lines in the original implementations' style, e.g. ``Total Flops/mean[82393168]``; SACT / ACT add
+    per-stage ponder cost, AIG / BlockDrop the seeds' block usage, unique policies and unit rates."""
     def g(v: float) -> str:
         return f"{v:.8g}"
 
@@ -120,13 +142,17 @@ def format_metrics(m: Dict[str, Any]) -> str:
              f"Total Flops/mean[{g(m['flops_mean'])}]", f"Total Flops/std[{g(m['flops_std'])}]",
              f"Total Flops/dense[{g(m['dense_flops'])}]", f"Total Flops/ratio[{m['flops_ratio']:.4f}]"]
     for name, st in m["stages"].items():
-        lines += [f"{name}/flops_mean[{g(st['flops_mean'])}]", f"{name}/flops_std[{g(st['flops_std'])}]"]
+        if "flops_mean" in st:
+            lines += [f"{name}/flops_mean[{g(st['flops_mean'])}]", f"{name}/flops_std[{g(st['flops_std'])}]"]
         if "ponder_cost_mean" in st:
             lines += [f"{name}/ponder_cost_mean[{g(st['ponder_cost_mean'])}]",
                       f"{name}/ponder_cost_std[{g(st['ponder_cost_std'])}]",
-                      f"{name}/num_units_mean[{g(st['num_units_mean'])}]",
-                      f"{name}/num_units_executed[{g(st['num_units_executed_mean'])} of {st['units']}, "
-                      f"max {st['num_units_executed_max']}]"]
+                      f"{name}/num_units_mean[{g(st['num_units_mean'])}]"]
+        if "num_units_executed_mean" in st:
+            lines.append(f"{name}/num_units_executed[{g(st['num_units_executed_mean'])} of {st['units']}, "
+                         f"max {st['num_units_executed_max']}]")
+    if "unit_policy" in m:
+        lines.append(format_unit_policy_stats(m["unit_policy"]))
     lines.append(f"eval/num_images[{m['num_images']}]")
     return "\n".join(lines)
 

@@ -8,58 +8,16 @@ roi_heads.res5.* of a C4 detector; linear.* and halting params of dense stages a
 """
 import os
 import pickle
-import re
-import tempfile
 from collections import OrderedDict
 from typing import Any, Dict, Mapping, Optional
 
 import torch
 
-__all__ = ["torchvision_to_d2", "is_torchvision_state_dict", "classifier_to_d2", "write_d2_pkl",
-           "detector_settings", "infer_depth", "convert_to_d2_pkl", "TORCHVISION_INPUT"]
+from ..utils.atomic import atomic_write
+from .checkpoint import CheckpointError, read_weights
+from .torchvision_names import TORCHVISION_INPUT
 
-# torchvision ImageNet models take RGB images normalised with these (0-255 scale) statistics.
-TORCHVISION_INPUT = {"INPUT.FORMAT": "RGB", "MODEL.PIXEL_MEAN": [123.675, 116.28, 103.53],
-                     "MODEL.PIXEL_STD": [58.395, 57.12, 57.375]}
-
-_TV_UNIT = re.compile(r"^layer([1-4])\.(\d+)\.(.+)$")
-
-
-def is_torchvision_state_dict(weights: Mapping[str, Any]) -> bool:
-    """True for torchvision ResNet names (conv1.weight, bn1.*, layer1.0.conv1.weight, ...)."""
-    return "conv1.weight" in weights and any(k.startswith("layer1.") for k in weights)
-
-
-def torchvision_to_d2(weights: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
-    """torchvision ResNet state dict -> detectron2 ResNet names (fc -> linear, num_batches_tracked dropped).
-
-    layerX.Y.convZ -> res{X+1}.Y.convZ, layerX.Y.bnZ -> res{X+1}.Y.convZ.norm, downsample.0 / .1 ->
-    shortcut / shortcut.norm, conv1 / bn1 -> stem.conv1 / stem.conv1.norm. torchvision puts the stride
-    of a bottleneck in its 3x3 conv: use MODEL.RESNETS.STRIDE_IN_1X1 False with these weights.
-    """
-    out = OrderedDict()
-    for key, value in weights.items():
-        if key.endswith("num_batches_tracked"):
-            continue
-        m = _TV_UNIT.match(key)
-        if m:
-            stage, unit, rest = int(m.group(1)) + 1, m.group(2), m.group(3)
-            rest = re.sub(r"^bn(\d)\.", r"conv\1.norm.", rest)
-            rest = rest.replace("downsample.0.", "shortcut.").replace("downsample.1.", "shortcut.norm.")
-            new = f"res{stage}.{unit}.{rest}"
-        elif key.startswith("conv1."):
-            new = "stem." + key
-        elif key.startswith("bn1."):
-            new = "stem.conv1.norm." + key[len("bn1."):]
-        elif key.startswith("fc."):
-            new = "linear." + key[len("fc."):]
-        else:
-            raise KeyError(f"unexpected torchvision ResNet parameter {key!r}")
-        if not re.match(r"^(stem\.conv1|res\d\.\d+\.(conv[123]|shortcut))(\.norm)?\.(weight|bias|running_mean|"
-                        r"running_var)$|^linear\.(weight|bias)$", new):
-            raise KeyError(f"cannot map torchvision parameter {key!r} (got {new!r})")
-        out[new] = value
-    return out
+__all__ = ["classifier_to_d2", "write_d2_pkl", "detector_settings", "infer_depth", "convert_to_d2_pkl"]
 
 
 def classifier_to_d2(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
@@ -101,15 +59,7 @@ def write_d2_pkl(path: str, d2_weights: Mapping[str, torch.Tensor], settings: Di
     data = {"model": model, "__author__": "sact_det", "matching_heuristics": True,
             "sact_det": {"source": source, "detector_config": settings, "notes": _notes(settings, source),
                          **(extra or {})}}
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=folder)
-    with os.fdopen(fd, "wb") as f:
-        pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL)
-    from .checkpoint import _public
-
-    _public(tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda f: pickle.dump(data, f, protocol=pickle.HIGHEST_PROTOCOL))
     return data
 
 
@@ -125,7 +75,6 @@ def convert_to_d2_pkl(src: str, dst: str) -> Dict[str, Any]:
     """torchvision .pth or sact_det classification checkpoint -> detectron2-loadable .pkl (``dst``)."""
     from detectron2.config import CfgNode
 
-    from .checkpoint import CheckpointError, read_weights
     from .config import get_classification_cfg
 
     w = read_weights(src)

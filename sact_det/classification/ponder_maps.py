@@ -4,7 +4,7 @@ Pipeline per image (:func:`classifier_ponder_map`): read (EXIF-oriented RGB) -> 
 side is at most ``max_size`` (bicubic, aspect kept; never enlarged) -> the classifier's own eval
 preprocessing without its centre crop / resize (:func:`drawing_transform`) -> forward -> per-stage
 ponder cost rho (``model.ponders``) -> summed over the adaptive stages on the finest stage grid by
-the detector's helper :func:`sact_det.modeling.meta_arch.sum_ponder_maps` -> upsampled to the image,
+the detector's helper :func:`sact_det.modeling.ponder_maps.sum_ponder_maps` -> upsampled to the image,
 each cell of that grid over its stride x stride pixels (:func:`upsample_to_image`; the detector mode
 places its cells the same way). The original's ``summary_utils.sact_map`` instead resizes every block's
 map to the image (nearest) and sums there; both agree when the image sides are multiples of the
@@ -25,8 +25,8 @@ from PIL import Image
 
 from ..data.classification import build_transform
 from ..data.mapper import read_image_checked
-from ..modeling.classifier import SACTClassifier, build_classifier, classifier_flops
-from ..modeling.meta_arch import sum_ponder_maps
+from ..modeling.classifier import AdaptiveClassifier, build_classifier, classifier_flops
+from ..modeling.ponder_maps import sum_ponder_maps
 
 __all__ = ["is_classification_config", "load_drawing_classifier", "drawing_transform", "resize_longer_side",
            "classifier_ponder_map", "ClassifierPonderMap", "upsample_to_image", "figure_size_px", "draw_classifier_ponder_map"]
@@ -73,7 +73,7 @@ def _num_classes(cfg: CfgNode, weights: str) -> int:
     return int(fc.shape[0]) - int(bool(cfg.SACT_CLS.get("BACKGROUND_CLASS", False)))
 
 
-def load_drawing_classifier(cfg: CfgNode) -> SACTClassifier:
+def load_drawing_classifier(cfg: CfgNode) -> AdaptiveClassifier:
     """build_classifier(cfg) with cfg.MODEL.WEIGHTS loaded (empty: random weights), eval mode, on
     cfg.MODEL.DEVICE. A dense model (MODE none) has no ponder map: ValueError."""
     from .checkpoint import load_classifier_weights
@@ -146,7 +146,7 @@ class ClassifierPonderMap:
 
 
 @torch.no_grad()
-def classifier_ponder_map(model: SACTClassifier, cfg: CfgNode, path: str, max_size: int = 640,
+def classifier_ponder_map(model: AdaptiveClassifier, cfg: CfgNode, path: str, max_size: int = 640,
                           transform=None) -> ClassifierPonderMap:
     """Run ``model`` on the whole image ``path`` (see the module docstring) and collect its ponder maps.
 
@@ -161,7 +161,7 @@ def classifier_ponder_map(model: SACTClassifier, cfg: CfgNode, path: str, max_si
     logits = model(x[None].to(device))[0].float().cpu()
     ponders = model.ponders
     if not ponders:
-        raise ValueError(f"the classifier (MODE {model.mode!r}) recorded no ponder cost")
+        raise ValueError(f"the classifier (family {model.family!r}) recorded no ponder cost")
     order = list(model.backbone.stage_names)
     names = sorted(ponders, key=order.index)  # finest stage first: the summation grid
     stage_maps = {n: ponders[n].ponder_cost[0, 0].detach().float().cpu() for n in names}

@@ -1,27 +1,20 @@
-"""Config keys of sact_det: everything new lives under cfg.MODEL.SACT (model) and cfg.SACT_* (tools)."""
-from typing import Callable, List
-
+"""cfg.MODEL.SACT: keys of the SACT / ACT backbone (defaults follow the original SACT implementation)."""
 from detectron2.config import CfgNode as CN
 
-# Tool modules append their own add_xxx_config here (e.g. saliency); get_sact_cfg() applies all.
-_EXTRA_CONFIG_HOOKS: List[Callable[[CN], None]] = []
+from .constants import EXECUTION_MODES, SPARSE_MAX_DENSITY, STAGE_ORDER
+
+__all__ = ["add_sact_model_config", "validate_sact_cfg", "VALID_MODES", "VALID_EXECUTION", "VALID_STAGES",
+           "VALID_VARIANTS", "VALID_HALT_INITS"]
 
 VALID_MODES = ("sact", "act", "none")
-VALID_EXECUTION = ("dense", "sparse", "auto")
-VALID_STAGES = ("res2", "res3", "res4", "res5")
+VALID_EXECUTION = EXECUTION_MODES
+VALID_STAGES = STAGE_ORDER
 VALID_VARIANTS = ("detectron2", "original")
 VALID_HALT_INITS = ("variance_scaling", "zeros")
 
 
-def register_config_hook(fn: Callable[[CN], None]) -> Callable[[CN], None]:
-    """Decorator: ``fn(cfg)`` adds a tool's keys; it runs inside :func:`get_sact_cfg`."""
-    if fn not in _EXTRA_CONFIG_HOOKS:
-        _EXTRA_CONFIG_HOOKS.append(fn)
-    return fn
-
-
-def add_sact_config(cfg: CN) -> None:
-    """Add the cfg.MODEL.SACT keys (defaults follow the original SACT implementation)."""
+def add_sact_model_config(cfg: CN) -> None:
+    """Add the cfg.MODEL.SACT keys."""
     cfg.MODEL.SACT = CN()
     cfg.MODEL.SACT.MODE = "sact"  # "sact" (per position), "act" (per image) or "none" (dense ResNet)
     cfg.MODEL.SACT.TAU = 0.005  # ponder-cost weight: loss_ponder = TAU * sum_stages mean(rho)
@@ -31,22 +24,11 @@ def add_sact_config(cfg: CN) -> None:
     cfg.MODEL.SACT.HALT_NORM = "BN"  # norm before the halting convs: BN, SyncBN, FrozenBN, GN, "" (none)
     cfg.MODEL.SACT.STAGES = ["res2", "res3", "res4"]  # the adaptive stages; others stay dense
     cfg.MODEL.SACT.EXECUTION = "dense"  # inference path: "dense" (masked), "sparse" (gather/scatter), "auto"
-    cfg.MODEL.SACT.SPARSE_MAX_DENSITY = 0.75  # "auto": sparse when an image's active fraction is below this (break-even)
+    cfg.MODEL.SACT.SPARSE_MAX_DENSITY = SPARSE_MAX_DENSITY  # "auto": sparse when an image's active fraction is below this (break-even)
     cfg.MODEL.SACT.HALT_INIT = "variance_scaling"  # halting conv weights: "variance_scaling" (He, as the original) or "zeros"
     cfg.MODEL.SACT.VARIANT = "detectron2"  # "detectron2" (post-activation ResNets) or "original" (the SACT code's networks)
     cfg.MODEL.SACT.ORIGINAL_UNITS = []  # VARIANT original, ImageNet net: units per block, e.g. [3, 4, 23, 3]; [] = from DEPTH
     cfg.MODEL.SACT.ORIGINAL_BASE_CHANNELS = 64  # VARIANT original, ImageNet net: bottleneck width of block 1 (blocks: x1, x2, x4, x8)
-
-
-def get_sact_cfg() -> CN:
-    """detectron2's default config plus every sact_det key (model and tools)."""
-    from detectron2.config import get_cfg
-
-    cfg = get_cfg()
-    add_sact_config(cfg)
-    for hook in _EXTRA_CONFIG_HOOKS:
-        hook(cfg)
-    return cfg
 
 
 def validate_sact_cfg(cfg: CN) -> None:

@@ -448,12 +448,13 @@ def write_classifier_checkpoint(path: str, weights: Mapping[str, torch.Tensor], 
                                 source: str) -> str:
     """A classification checkpoint tools/train_classifier.py loads as MODEL.WEIGHTS (format of
     sact_det.classification.checkpoint: {"model", "iteration", "num_classes", "config", ...})."""
-    from ..classification.checkpoint import FORMAT_KEY, atomic_save
+    from ..classification.checkpoint import FORMAT_KEY
+    from ..utils.atomic import atomic_torch_save
 
     state = {"model": OrderedDict((k, v.contiguous()) for k, v in weights.items()), "iteration": 0,
              "num_classes": a.num_classes, "class_names": None, "config": cfg.dump(), "source": source,
              FORMAT_KEY: 1}
-    atomic_save(state, path)
+    atomic_torch_save(state, path)
     return path
 
 

@@ -8,6 +8,7 @@ from .demo import (
     DemoSpec,
     demo_root,
     ensure_demo_split,
+    ensure_registered,
     generate_demo_dataset,
     object_mask,
     prepare_demo_data,
@@ -19,7 +20,7 @@ from .validation import DatasetFormatError, register_coco_dataset, validate_coco
 register_demo_datasets()  # sact_demo_{train,val,tiny_train,tiny_val}; nothing is generated here
 
 __all__ = [
-    "CLASS_NAMES", "DEFAULT_SPECS", "DemoSpec", "demo_root", "ensure_demo_split",
+    "CLASS_NAMES", "DEFAULT_SPECS", "DemoSpec", "demo_root", "ensure_demo_split", "ensure_registered",
     "generate_demo_dataset", "object_mask", "prepare_demo_data", "register_demo_datasets",
     "SACTDatasetMapper", "ImageReadError", "ImageTooSmallError", "backbone_stride_from_cfg",
     "DatasetFormatError", "register_coco_dataset", "validate_coco_json",

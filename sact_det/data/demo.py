@@ -20,7 +20,7 @@ import shutil
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Dict, List, Mapping, Optional, Tuple, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -296,6 +296,15 @@ def register_demo_datasets(
         )
         out[name] = split_dir
     return out
+
+
+def ensure_registered(names: Sequence[str]) -> None:
+    """Register the demo splits again if one of ``names`` is a ``sact_demo_*`` name missing from
+    DatasetCatalog (e.g. removed by another user of the catalog); other names are left alone."""
+    from detectron2.data import DatasetCatalog
+
+    if any(n.startswith("sact_demo_") and n not in DatasetCatalog for n in names):
+        register_demo_datasets()
 
 
 def prepare_demo_data(name: str) -> Path:

@@ -3,7 +3,7 @@
 ``sact_det.engine.config`` (the cfg.SACT_TRAIN / cfg.SACT_EVAL keys) is light; the rest is
 imported on first use.
 """
-from . import config  # noqa: F401  (registers cfg.SACT_TRAIN / cfg.SACT_EVAL with get_sact_cfg)
+from . import config  # noqa: F401  (add_train_config: cfg.SACT_TRAIN / cfg.SACT_EVAL, from sact_det.config)
 
 __all__ = ["Trainer", "AtomicDetectionCheckpointer", "ResumableTrainingSampler", "ResumableTrainLoader",
            "load_config", "ConfigError", "check_device", "check_weights", "PerIterationSeed", "TauWarmup"]

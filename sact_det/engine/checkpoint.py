@@ -1,59 +1,18 @@
 """Crash-safe checkpoints: every file is written to a temporary name and renamed into place.
 
 A run killed while saving leaves the previous checkpoint and the ``last_checkpoint`` tag intact
-(``os.replace`` is atomic on POSIX and Windows); the tag is updated only after the new file is
-complete and flushed to disk.
+(``sact_det.utils.atomic``); the tag is updated only after the new file is complete and flushed
+to disk.
 """
-import glob
 import os
-import tempfile
-from typing import IO, Any, Callable, Dict, Optional
+from typing import Any, Dict
 
-import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..utils.atomic import atomic_torch_save, atomic_write, remove_stale_temporaries
 from .checks import is_remote
 
-__all__ = ["AtomicDetectionCheckpointer", "atomic_write"]
-
-_TMP_PREFIX = ".tmp-"
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str, write: Callable[[IO[bytes]], None]) -> None:
-    """Call ``write(f)`` on a temporary file next to ``path``, flush it to disk, rename it to ``path``.
-
-    Readers see either the old complete file or the new complete file, never a partial one.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX + os.path.basename(path) + ".", dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; give the usual permissions
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+__all__ = ["AtomicDetectionCheckpointer"]
 
 
 class AtomicDetectionCheckpointer(DetectionCheckpointer):
@@ -77,7 +36,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         if os.path.basename(save_file) != basename:
             raise ValueError(f"checkpoint name must be a plain file name, got {name!r}")
         self.logger.info(f"Saving checkpoint to {save_file}")
-        atomic_write(save_file, lambda f: torch.save(data, f))
+        atomic_torch_save(data, save_file)
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename: str) -> None:
@@ -90,10 +49,7 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
         """Delete temporary files left by runs killed while saving; returns how many."""
         if not self.save_dir or not self.save_to_disk or not self._is_local():
             return 0
-        stale = glob.glob(os.path.join(self.save_dir, _TMP_PREFIX + "*"))
-        for path in stale:
-            os.remove(path)
-        return len(stale)
+        return remove_stale_temporaries(self.save_dir)
 
     def load(self, path: str, *args: Any, **kwargs: Any) -> Dict[str, Any]:
         """DetectionCheckpointer.load; a local ``path`` that does not exist is a FileNotFoundError
@@ -112,7 +68,3 @@ class AtomicDetectionCheckpointer(DetectionCheckpointer):
                 f"model_*.pth to resume"
             )
         return path
-
-    def resolve_resume_file(self) -> Optional[str]:
-        """The checkpoint a ``--resume`` run would continue from, or None."""
-        return self.get_checkpoint_file() if self.has_checkpoint() else None

@@ -49,13 +49,16 @@ class TauWarmup(HookBase):
     """Ramp the model's ponder-cost weight ``tau`` linearly from 0 to its configured value.
 
     tau(i) = 0 for i < start, tau * (i - start + 1) / iters for start <= i < start + iters,
-    tau afterwards. Logged as ``ponder/tau``. A no-op for models without a ``tau`` attribute.
+    tau afterwards. Logged as ``ponder/tau``. ``tau`` lives on the SACT / ACT backbone (``model.backbone``)
+    or on the model itself; a no-op when neither has one.
     """
 
     def __init__(self, model: torch.nn.Module, start: int, iters: int) -> None:
         if start < 0 or iters < 0:
             raise ValueError(f"cfg.SACT_TRAIN.TAU_WARMUP_START / TAU_WARMUP_ITERS must be >= 0, got {start}, {iters}")
-        self._model = unwrap_model(model)
+        model = unwrap_model(model)
+        backbone = getattr(model, "backbone", None)
+        self._model = backbone if hasattr(backbone, "tau") else model
         self.target = float(getattr(self._model, "tau", 0.0))
         self.start, self.iters = int(start), int(iters)
 

@@ -38,24 +38,18 @@ from detectron2.solver.build import get_default_optimizer_params, maybe_add_grad
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 
+from ..data.demo import ensure_registered
 from ..data.mapper import SACTDatasetMapper
 from ..evaluation.flops_evaluator import FlopsEvaluator
-from ..modeling.unit_stats import UnitPolicyEvaluator
+from ..evaluation.unit_stats import UnitPolicyEvaluator
+from ..utils.atomic import atomic_write
 from .checkpoint import AtomicDetectionCheckpointer
 from .hooks import AverageBuffers, PerIterationSeed, TauWarmup, unwrap_model
 from .sampler import ResumableTrainingSampler, ResumableTrainLoader
 
-__all__ = ["Trainer", "build_mapper", "ensure_registered", "with_shared_seed"]
+__all__ = ["Trainer", "build_mapper", "with_shared_seed"]
 
 logger = logging.getLogger(__name__)
-
-
-def ensure_registered(names) -> None:
-    """Register the embedded demo splits if a ``sact_demo_*`` name is asked for and missing."""
-    if any(n.startswith("sact_demo_") and n not in DatasetCatalog for n in names):
-        from ..data.demo import register_demo_datasets
-
-        register_demo_datasets()
 
 
 def build_mapper(cfg, is_train: bool) -> SACTDatasetMapper:
@@ -229,8 +223,6 @@ _D2_RESTORES_OPTIMIZER = "load_state_dict" in vars(DefaultTrainer)
 
 def write_eval_results(cfg, per_dataset: Dict[str, Any]) -> str:
     """Write {"datasets": {name: results}, "sact": {mode, tau, depth}} to OUTPUT_DIR/eval_results.json."""
-    from .checkpoint import atomic_write
-
     path = os.path.join(cfg.OUTPUT_DIR, "eval_results.json")
     payload = {"datasets": _to_builtin(per_dataset),
                "sact": {"mode": cfg.MODEL.SACT.MODE, "tau": float(cfg.MODEL.SACT.TAU),

@@ -1,6 +1,6 @@
 """FLOPs / ponder-cost evaluator: computation per image next to COCO AP.
 
-For every evaluated image it reads what SACTRCNN's inference returned (``flops`` and
+For every evaluated image it reads what AdaptiveRCNN's inference returned (``flops`` and
 ``ponder_maps``) and the resized input size (``inputs["image"]``, (C,H,W)), and reports over the
 data set (image-level mean and std, as the original SACT code does):
 
@@ -23,12 +23,13 @@ from detectron2.evaluation import DatasetEvaluator
 from detectron2.utils import comm
 from tabulate import tabulate
 
+from ..config.constants import STAGE_ORDER
 from ..modeling.flops import backbone_flops, dense_backbone_flops
 
 __all__ = ["FlopsEvaluator", "units_from_ponder", "summarize_records"]
 
 logger = logging.getLogger(__name__)
-_STAGE_ORDER = ("stem", "res2", "res3", "res4", "res5")
+_STAGE_ORDER = ("stem",) + STAGE_ORDER
 
 
 def units_from_ponder(rho: torch.Tensor) -> torch.Tensor:
@@ -96,12 +97,11 @@ class FlopsEvaluator(DatasetEvaluator):
                  reference_depth: Optional[int] = None) -> None:
         self._dataset_name = dataset_name
         self._distributed = distributed
-        depth = reference_depth if reference_depth is not None else getattr(
-            getattr(cfg, "SACT_EVAL", None), "REFERENCE_DEPTH", 101)
+        depth = reference_depth if reference_depth is not None else cfg.SACT_EVAL.REFERENCE_DEPTH
         self._reference_depth = int(depth)
         self._out_feature = _last_out_feature(cfg)
         self._stride_in_1x1 = bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1)
-        self._variant = str(cfg.MODEL.SACT.get("VARIANT", "detectron2"))  # reference of the same family
+        self._variant = str(cfg.MODEL.SACT.VARIANT)  # reference of the same family
         self._backbone = build_meta_backbone(cfg)
         stages = list(getattr(self._backbone, "adaptive_stages", []))
         self._stage_units = OrderedDict((s, len(getattr(self._backbone, s))) for s in stages)
@@ -124,7 +124,7 @@ class FlopsEvaluator(DatasetEvaluator):
             if "flops" not in out:
                 raise KeyError(
                     "FlopsEvaluator needs per-image 'flops' in the model outputs, which "
-                    "cfg.MODEL.META_ARCHITECTURE='SACTRCNN' returns; got keys " + str(sorted(out)))
+                    "cfg.MODEL.META_ARCHITECTURE='AdaptiveRCNN' returns; got keys " + str(sorted(out)))
             if "image" not in inp:  # height / width are the original size, not the size the model ran at
                 raise KeyError(
                     "FlopsEvaluator needs the resized input image (inputs[i]['image'], (C,H,W), as detectron2's "

@@ -19,11 +19,11 @@ from tabulate import tabulate
 
 from sact_det.data.cat2000 import load_fixation_locs, load_fixation_map
 from sact_det.evaluation import saliency_metrics as M
+from sact_det.modeling.ponder_maps import sum_ponder_maps
 from sact_det.evaluation.saliency import (
     MeanFixationBaseline,
     center_bias_map,
     gaussian_blur,
-    ponder_map_from_stages,
     ponder_to_saliency,
     uniform_map,
     validate_saliency_cfg,
@@ -202,7 +202,7 @@ class SaliencyEvaluator(DatasetEvaluator):
         if missing:
             raise KeyError(f"cfg.SACT_SALIENCY.STAGES {missing} not in the model's ponder_maps "
                            f"{sorted(maps)} (image {k!r})")
-        return ponder_map_from_stages([maps[s] for s in stages])
+        return sum_ponder_maps([maps[s] for s in stages])
 
     def summary(self) -> Dict[str, Dict[str, Dict[str, float]]]:
         """{method: {category | "overall": {metric: mean over images, "n_images": n}}}."""

@@ -17,16 +17,15 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ..config.defaults import register_config_hook
-from .backbone import make_resnet_stages
-from .flops import conv_flops
+from ..config.families import add_aig_config
+from .flop_rules import conv_flops
 from .gates import (UnitSkippingResNet, built_stage_sizes, check_stage_list, pool_valid, residual_branch,
                     shortcut_branch)
+from .resnets import make_resnet_stages
 
 __all__ = ["AIGGate", "AIGResNet", "build_aig_resnet_backbone", "add_aig_config", "gumbel_gate", "threshold_gate",
            "target_rate_loss", "resolve_target_rates", "seed_schedule", "SEED_SCHEDULES"]
@@ -41,22 +40,6 @@ SEED_SCHEDULES = {
 _SCHEDULE_BLOCKS = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}
 _STAGE_ORDER = ("res2", "res3", "res4", "res5")
 TEST_GATE_MODES = ("threshold", "sample")
-
-
-@register_config_hook
-def add_aig_config(cfg: CN) -> None:
-    """cfg.MODEL.AIG: ConvNet-AIG backbone (build_aig_resnet_backbone)."""
-    cfg.MODEL.AIG = CN()
-    cfg.MODEL.AIG.STAGES = ["res2", "res3", "res4"]  # stages whose units may be gated; others always run
-    cfg.MODEL.AIG.TARGET_RATE = 0.6  # t: target execution rate of a gated unit (and the t of SCHEDULE)
-    cfg.MODEL.AIG.SCHEDULE = ""  # "": every unit of STAGES has rate t; "resnet50"/"resnet101": the seed's schedule
-    cfg.MODEL.AIG.TARGET_RATES = []  # explicit rates, one per unit of STAGES in order (overrides the two above); 1 = always run
-    cfg.MODEL.AIG.LOSS_WEIGHT = 1.0  # weight of loss_target_rate = w * mean_units (t_u - batch mean gate_u)^2
-    cfg.MODEL.AIG.GATE_HIDDEN = 16  # width of the gate's hidden 1x1 conv
-    cfg.MODEL.AIG.GATE_NORM = "BN"  # norm of the hidden gate layer: BN (original), SyncBN, FrozenBN, LN, "" (none)
-    cfg.MODEL.AIG.GATE_BIAS_INIT = [0.1, 2.0]  # initial bias of the [off, on] gate logits (~87 % open)
-    cfg.MODEL.AIG.TEMPERATURE = 1.0  # Gumbel-softmax temperature in training
-    cfg.MODEL.AIG.TEST_GATES = "threshold"  # evaluation gates: "threshold" (deterministic) or "sample" (original)
 
 
 def seed_schedule(name: str, t: float, blocks_per_stage: Dict[str, int], stages: Sequence[str]) -> List[float]:
@@ -172,7 +155,7 @@ class AIGResNet(UnitSkippingResNet):
     ``extra_losses()`` -> {"loss_target_rate": ...} for that forward.
     """
 
-    mode = "aig"
+    family = "aig"
     relu_projection = True
     keep_trainable = ("gate",)
 
@@ -254,9 +237,9 @@ def aig_from_parts(cfg, stem: nn.Module, stages: List[List[nn.Module]], out_feat
 @BACKBONE_REGISTRY.register()
 def build_aig_resnet_backbone(cfg, input_shape: ShapeSpec) -> AIGResNet:
     """ConvNet-AIG ResNet from cfg.MODEL.RESNETS (as detectron2's builder) and cfg.MODEL.AIG."""
-    if cfg.MODEL.META_ARCHITECTURE in ("GeneralizedRCNN", "SACTRCNN"):
+    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
         raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} does not add the AIG "
-                         f"target-rate loss nor per-image FLOPs; use 'GatedRCNN' with build_aig_resnet_backbone")
+                         f"target-rate loss nor per-image FLOPs; use 'AdaptiveRCNN' with build_aig_resnet_backbone")
     stem, stages = make_resnet_stages(cfg, input_shape.channels)
     out_features = list(cfg.MODEL.RESNETS.OUT_FEATURES)
     return aig_from_parts(cfg, stem, stages, out_features, cfg.MODEL.BACKBONE.FREEZE_AT)

@@ -5,25 +5,28 @@ adaptive stage has an extra ``halting`` submodule. The first unit of a stage run
 l >= 1 runs where the position has not halted (masked dense path in training, optionally
 gather/scatter at inference). With halting disabled the output equals detectron2's ResNet.
 """
+import math
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
+from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.resnet import BasicStem, BottleneckBlock, BasicBlock, ResNet
+from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
 from ..config.defaults import validate_sact_cfg
 from . import sparse
 from .act import HaltingState, capturing_graph
+from .contract import AdaptiveBackbone
+from .flops import backbone_flops
 from .fold import fold_block, folded_block_forward
 from .halting import build_halting
+from .ponder_maps import sum_ponder_maps
+from .resnets import make_resnet_stages
 
-__all__ = ["StagePonder", "SACTStage", "SACTResNet", "build_sact_resnet_backbone"]
-
-_BLOCKS_PER_STAGE = {18: [2, 2, 2, 2], 34: [3, 4, 6, 3], 50: [3, 4, 6, 3], 101: [3, 4, 23, 3], 152: [3, 8, 36, 3]}
-_STAGE_INDEX = {"res2": 0, "res3": 1, "res4": 2, "res5": 3}
+__all__ = ["StagePonder", "SACTStage", "SACTResNet", "build_sact_resnet_backbone", "valid_mask", "ponder_loss",
+           "make_resnet_stages"]
 
 
 @dataclass
@@ -155,30 +158,59 @@ class SACTStage(nn.Sequential):
         return out.to(x.dtype)
 
 
-def freeze_except(module: nn.Module, keep: Sequence[str] = ("halting",)) -> None:
-    """Freeze a stem/unit like detectron2's CNNBlockBase.freeze (no grads, BN -> FrozenBN), except the
-    children named in ``keep`` (by default the halting branch, which FREEZE_AT never freezes)."""
-    for name, child in module.named_children():
-        if name in keep:
-            continue
-        for p in child.parameters():
-            p.requires_grad = False
-        frozen = FrozenBatchNorm2d.convert_frozen_batchnorm(child)
-        if frozen is not child:
-            setattr(module, name, frozen)
-    for p in module.parameters(recurse=False):
-        p.requires_grad = False
+def valid_mask(ponder: StagePonder, image_sizes: Sequence[Sequence[int]]) -> torch.Tensor:
+    """(B,1,H,W) bool: the stage positions that lie on each image (not on batch padding)."""
+    b, _, h, w = ponder.ponder_cost.shape
+    mask = torch.zeros((b, 1, h, w), dtype=torch.bool, device=ponder.ponder_cost.device)
+    for i, (ih, iw) in enumerate(image_sizes):
+        mask[i, :, : math.ceil(ih / ponder.stride), : math.ceil(iw / ponder.stride)] = True
+    return mask
 
 
-class SACTResNet(ResNet):
-    """detectron2 ResNet with SACT/ACT stages. ``last_ponder`` maps stage name -> StagePonder."""
+def ponder_loss(ponders: Dict[str, StagePonder], tau: float,
+                image_sizes: Optional[Sequence[Sequence[int]]] = None) -> torch.Tensor:
+    """tau * sum over stages of mean(rho) over the batch's image positions (padding excluded when
+    ``image_sizes``, the unpadded (h, w) of each image, are given)."""
+    total = None
+    for p in ponders.values():
+        rho = p.ponder_cost
+        if image_sizes is not None:
+            m = valid_mask(p, image_sizes).to(rho.dtype)
+            mean = (rho * m).sum() / m.sum().clamp(min=1)
+        else:
+            mean = rho.mean()
+        total = mean if total is None else total + mean
+    if total is None:
+        raise ValueError("ponder_loss needs at least one adaptive stage")
+    return tau * total
+
+
+def _crop(m: torch.Tensor, image_size: Tuple[int, int], stride: int) -> torch.Tensor:
+    """(H,W) stage map of a padded batch -> the (ceil(h/s), ceil(w/s)) part on the image, float CPU."""
+    return m[: math.ceil(image_size[0] / stride), : math.ceil(image_size[1] / stride)].detach().float().cpu()
+
+
+class SACTResNet(ResNet, AdaptiveBackbone):
+    """detectron2 ResNet with SACT/ACT stages (MODE none: dense). ``last_ponder`` maps stage name -> StagePonder.
+
+    Contract (:class:`AdaptiveBackbone`): ``extra_losses`` -> {"loss_ponder": tau * sum over stages of
+    mean(rho) over the images' positions} (padding excluded); ``image_outputs`` -> {"ponder_maps":
+    {stage: (h,w)}, "ponder_map": their :func:`sum_ponder_maps`}; ``image_flops`` counts the units each
+    position ran (:mod:`.flops`); ``log_statistics`` -> ponder/<stage>_mean|_std.
+    """
+
+    keep_trainable = ("halting",)
 
     def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str], freeze_at: int,
                  mode: str, adaptive_stages: List[str], eps: float, halt_norm: str, halt_kernel_size: int,
                  halt_bias_init: float, execution: str = "dense", sparse_max_density: float = 1.0,
-                 halting_kwargs: Optional[dict] = None) -> None:
+                 halting_kwargs: Optional[dict] = None, tau: float = 0.0) -> None:
         super().__init__(stem, stages, out_features=out_features, freeze_at=0)
+        if not tau >= 0:
+            raise ValueError(f"cfg.MODEL.SACT.TAU must be >= 0, got {tau}")
         self.mode = mode
+        self.tau = float(tau)
+        self.family = "dense" if mode == "none" else mode
         self.adaptive_stages = [] if mode == "none" else list(adaptive_stages)
         for name in self.adaptive_stages:
             if name not in self.stage_names:
@@ -214,6 +246,7 @@ class SACTResNet(ResNet):
         BN folded into the convs (the gather kernels need channels-last states; converting the
         3-channel input is cheap), and the outputs are converted back.
         """
+        self._record_input(x)
         if self.training or capturing_graph() or all(getattr(self, n).execution == "dense"
                                                      for n in self.adaptive_stages):
             return super().forward(x)
@@ -230,8 +263,43 @@ class SACTResNet(ResNet):
                 outputs["linear"] = x
         return {k: v.contiguous() for k, v in outputs.items()}
 
+    # -- contract -------------------------------------------------------------------------------
+    def extra_losses(self) -> Dict[str, torch.Tensor]:
+        """{"loss_ponder": tau * sum_stages mean(rho) over valid positions} of the last forward (dense: {})."""
+        ponders = self.last_ponder
+        if not ponders:
+            return {}
+        return {"loss_ponder": ponder_loss(ponders, self.tau, self._batch_sizes)}
+
+    def log_statistics(self) -> Dict[str, float]:
+        """ponder/<stage>_mean and _std of rho over the last batch's image positions."""
+        out: Dict[str, float] = {}
+        for name, p in self.last_ponder.items():
+            rho = p.ponder_cost.detach()
+            if self._batch_sizes is not None:
+                rho = rho[valid_mask(p, self._batch_sizes)]
+            out[f"ponder/{name}_mean"] = float(rho.mean())
+            out[f"ponder/{name}_std"] = float(rho.std()) if rho.numel() > 1 else 0.0
+        return out
+
+    def image_flops(self, index: int) -> float:
+        """FLOPs of image ``index`` of the last forward: the units each of its positions ran."""
+        return backbone_flops(self, self.image_size(index), index=index)
+
+    def image_outputs(self, index: int) -> Dict[str, Any]:
+        """{"ponder_maps": {stage: (ceil(h/s), ceil(w/s)) rho on the image}, "ponder_map": their sum on the
+        finest grid (:func:`sum_ponder_maps`, nearest)}; {} for MODE none."""
+        ponders = self.last_ponder
+        if not ponders:
+            return {}
+        size = self.image_size(index)
+        maps = {n: _crop(p.ponder_cost[index, 0], size, p.stride) for n, p in ponders.items()}
+        return {"ponder_maps": maps, "ponder_map": sum_ponder_maps(list(maps.values()))}
+
     def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
         """Switch the inference path of every adaptive stage: dense | sparse | auto."""
+        if execution not in sparse.EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {sparse.EXECUTION_MODES}, got {execution!r}")
         for name in self.adaptive_stages:
             stage = getattr(self, name)
             stage.execution = execution
@@ -240,45 +308,10 @@ class SACTResNet(ResNet):
 
     def freeze(self, freeze_at: int = 0) -> "SACTResNet":
         """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; halting stays trainable."""
-        if freeze_at >= 1:
-            freeze_except(self.stem)
-        for idx, stage in enumerate(self.stages, start=2):
-            if freeze_at >= idx:
-                for block in stage.children():
-                    freeze_except(block)
-        return self
+        return AdaptiveBackbone.freeze(self, freeze_at)
 
     def output_shape(self) -> Dict[str, ShapeSpec]:
         return super().output_shape()
-
-
-def make_resnet_stages(cfg, input_channels: int):
-    """detectron2's stem and stage blocks from cfg.MODEL.RESNETS (same construction as its builder)."""
-    r = cfg.MODEL.RESNETS
-    depth = r.DEPTH
-    if depth not in _BLOCKS_PER_STAGE:
-        raise ValueError(f"cfg.MODEL.RESNETS.DEPTH must be one of {sorted(_BLOCKS_PER_STAGE)}, got {depth}")
-    if any(r.DEFORM_ON_PER_STAGE):
-        raise ValueError("cfg.MODEL.RESNETS.DEFORM_ON_PER_STAGE is not supported by the SACT backbone")
-    stem = BasicStem(in_channels=input_channels, out_channels=r.STEM_OUT_CHANNELS, norm=r.NORM)
-    in_ch, out_ch = r.STEM_OUT_CHANNELS, r.RES2_OUT_CHANNELS
-    bottleneck = r.NUM_GROUPS * r.WIDTH_PER_GROUP
-    if depth in (18, 34) and out_ch != 64:
-        raise ValueError("cfg.MODEL.RESNETS.RES2_OUT_CHANNELS must be 64 for R18/R34")
-    stages = []
-    for idx, num_blocks in enumerate(_BLOCKS_PER_STAGE[depth]):
-        dilation = r.RES5_DILATION if idx == 3 else 1
-        first_stride = 1 if idx == 0 or (idx == 3 and dilation == 2) else 2
-        kwargs = dict(num_blocks=num_blocks, stride_per_block=[first_stride] + [1] * (num_blocks - 1),
-                      in_channels=in_ch, out_channels=out_ch, norm=r.NORM)
-        if depth in (18, 34):
-            kwargs["block_class"] = BasicBlock
-        else:
-            kwargs.update(block_class=BottleneckBlock, bottleneck_channels=bottleneck, stride_in_1x1=r.STRIDE_IN_1X1,
-                          dilation=dilation, num_groups=r.NUM_GROUPS)
-        stages.append(ResNet.make_stage(**kwargs))
-        in_ch, out_ch, bottleneck = out_ch, out_ch * 2, bottleneck * 2
-    return stem, stages
 
 
 @BACKBONE_REGISTRY.register()
@@ -296,4 +329,5 @@ def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
         mode=s.MODE, adaptive_stages=list(s.STAGES), eps=float(s.EPS), halt_norm=s.HALT_NORM,
         halt_kernel_size=int(s.HALT_KERNEL_SIZE), halt_bias_init=float(s.HALT_BIAS_INIT),
         execution=s.EXECUTION, sparse_max_density=float(s.SPARSE_MAX_DENSITY), halting_kwargs={"init": s.HALT_INIT},
+        tau=float(s.TAU),
     )

@@ -10,44 +10,24 @@ used)^2 if "correct" else PENALTY; REINFORCE loss -sum_u log pi(a_u) * (R(sample
 minus ENTROPY_WEIGHT * (Bernoulli entropy of q) in the curriculum. Evaluation: a unit runs iff p >= 0.5, and
 only for the images that chose it. A skipped unit outputs its shortcut (projection without ReLU).
 """
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from detectron2.config import CfgNode as CN
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 from torch import nn
 
-from ..config.defaults import register_config_hook
-from .backbone import make_resnet_stages
-from .cifar_resnet import CifarStem
-from .gates import (UnitSkippingResNet, built_stage_sizes, check_stage_list, dense_resnet_flops, residual_branch,
-                    shortcut_branch)
+from ..config.families import add_blockdrop_config
+from .flop_rules import dense_resnet_flops, linear_flops
+from .gates import UnitSkippingResNet, built_stage_sizes, check_stage_list, residual_branch, shortcut_branch
+from .resnets import CifarStem, make_resnet_stages
 
 __all__ = ["PolicyNet", "BlockDropResNet", "build_blockdrop_resnet_backbone", "add_blockdrop_config",
            "bounded_probs", "blockdrop_reward", "detection_correct", "curriculum_mask", "reinforce_loss", "policy_input", "PHASES"]
 
 PHASES = ("curriculum", "finetune")
-
-
-@register_config_hook
-def add_blockdrop_config(cfg: CN) -> None:
-    """cfg.MODEL.BLOCKDROP: BlockDrop backbone (build_blockdrop_resnet_backbone) + BlockDropRCNN training."""
-    cfg.MODEL.BLOCKDROP = CN()
-    cfg.MODEL.BLOCKDROP.STAGES = ["res2", "res3", "res4"]  # stages whose units the policy chooses; others always run
-    cfg.MODEL.BLOCKDROP.PHASE = "finetune"  # "curriculum" (policy only, detector frozen) or "finetune" (joint)
-    cfg.MODEL.BLOCKDROP.CURRICULUM_PERIOD = 100  # curriculum: iterations per extra unit left to the policy (last units first)
-    cfg.MODEL.BLOCKDROP.ALPHA = 0.8  # probability bound: sample from alpha * p + (1 - alpha) * (1 - p)
-    cfg.MODEL.BLOCKDROP.PENALTY = -5.0  # reward of an incorrect image (original: -1 curriculum, -5 / -10 finetune)
-    cfg.MODEL.BLOCKDROP.ENTROPY_WEIGHT = 0.0  # entropy bonus (original: 0.1 in the curriculum, 0 when finetuning)
-    cfg.MODEL.BLOCKDROP.POLICY_LOSS_WEIGHT = 1.0  # multiplies the REINFORCE loss (loss_policy)
-    cfg.MODEL.BLOCKDROP.CORRECT_TOLERANCE = 0.1  # detection: correct iff loss(policy) <= (1 + this) * loss(all units)
-    cfg.MODEL.BLOCKDROP.POLICY_INPUT_SIZE = 112  # policy sees the image resized to this square size
-    cfg.MODEL.BLOCKDROP.POLICY_ARCH = "imagenet"  # policy ResNet: "imagenet" (7x7 stem, 4 stages) or "cifar" (3 stages)
-    cfg.MODEL.BLOCKDROP.POLICY_NORM = "BN"  # norm of the policy ResNet: BN, SyncBN, FrozenBN, GN, "" (none)
-    cfg.MODEL.BLOCKDROP.POLICY_BIAS_INIT = 0.0  # initial bias of the per-unit logits (0: p = 0.5)
 
 
 # -- policy arithmetic (pure functions, shared by detection and classification) -------------------
@@ -142,7 +122,7 @@ class PolicyNet(nn.Module):
 
     def flops(self, size: int) -> float:
         convs, _ = dense_resnet_flops(self.features, (size, size))
-        return convs + 2.0 * self.logit.in_features * self.logit.out_features
+        return convs + linear_flops(self.logit)
 
 
 class BlockDropResNet(UnitSkippingResNet):
@@ -153,7 +133,7 @@ class BlockDropResNet(UnitSkippingResNet):
     ``last_probs``: (B,U) policy probabilities of the last forward (None for a given policy).
     """
 
-    mode = "blockdrop"
+    family = "blockdrop"
 
     def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str], freeze_at: int,
                  skip_stages: Sequence[str], alpha: float = 0.8, policy_input_size: int = 112,

@@ -17,17 +17,14 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.modeling.backbone.resnet import BasicStem, ResNet
+from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
-from .backbone import freeze_except  # noqa: F401  (re-exported for the family backbones)
-from .flops import conv_flops, conv_out_hw
+from .contract import AdaptiveBackbone
+from .flop_rules import stem_flops, unit_flops
 
-__all__ = ["HW", "residual_branch", "shortcut_branch", "execute_per_image", "pool_valid", "stem_flops",
-           "unit_flops", "dense_resnet_flops", "UnitSkippingResNet", "freeze_except",
+__all__ = ["residual_branch", "shortcut_branch", "execute_per_image", "pool_valid", "UnitSkippingResNet",
            "built_stage_sizes", "check_stage_list"]
-
-HW = Tuple[int, int]
 
 
 def residual_branch(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -86,42 +83,6 @@ def pool_valid(x: torch.Tensor, image_sizes: Optional[Sequence[Sequence[int]]], 
     return (x * mask).sum(dim=(2, 3)) / mask.sum(dim=(2, 3))
 
 
-def stem_flops(stem: nn.Module, hw: HW) -> Tuple[float, HW]:
-    """FLOPs of the stem conv on an image of ``hw`` and the stem output size (BasicStem max-pools 3x3/2)."""
-    hw = conv_out_hw(stem.conv1, hw)
-    flops = conv_flops(stem.conv1, hw[0] * hw[1])
-    if isinstance(stem, BasicStem):
-        hw = ((hw[0] - 1) // 2 + 1, (hw[1] - 1) // 2 + 1)
-    elif stem.stride != stem.conv1.stride[0]:
-        raise TypeError(f"no FLOP rule for stem {type(stem).__name__} (stride {stem.stride})")
-    return flops, hw
-
-
-def unit_flops(block: nn.Module, hw: HW, executed: bool = True) -> Tuple[float, HW]:
-    """FLOPs of one residual unit on an input of ``hw``; a skipped unit costs its projection shortcut only."""
-    flops, cur = 0.0, hw
-    for name in ("conv1", "conv2", "conv3"):
-        conv = getattr(block, name, None)
-        if conv is None:
-            continue
-        cur = conv_out_hw(conv, cur)
-        if executed:
-            flops += conv_flops(conv, cur[0] * cur[1])
-    if block.shortcut is not None:
-        flops += conv_flops(block.shortcut, cur[0] * cur[1])
-    return flops, cur
-
-
-def dense_resnet_flops(resnet: ResNet, hw: HW) -> Tuple[float, HW]:
-    """FLOPs of stem + every unit of a dense detectron2 ResNet on one image; returns (flops, last hw)."""
-    flops, hw = stem_flops(resnet.stem, hw)
-    for stage in resnet.stages:
-        for block in stage:
-            f, hw = unit_flops(block, hw)
-            flops += f
-    return flops, hw
-
-
 def built_stage_sizes(stages: Sequence[Sequence[nn.Module]], out_features: Sequence[str]) -> Dict[str, int]:
     """Stage name -> number of units, for the stages detectron2's ResNet keeps for ``out_features``."""
     order = ("res2", "res3", "res4", "res5")
@@ -138,17 +99,18 @@ def check_stage_list(key: str, wanted: Sequence[str], built: Dict[str, int]) -> 
     return [s for s in built if s in wanted]
 
 
-class UnitSkippingResNet(ResNet):
+class UnitSkippingResNet(ResNet, AdaptiveBackbone):
     """detectron2 ResNet whose units in ``skip_stages`` run per image; see the module docstring.
 
     After each forward: ``last_executed`` maps unit name ("res3.1") -> (B,) bool, for every unit of
-    ``skip_stages`` in execution order (always-run units are all True). ``image_sizes`` (set by the
-    meta-architecture before the forward) are the unpadded (h, w) of the batch's images.
+    ``skip_stages`` in execution order (always-run units are all True). Contract
+    (:class:`AdaptiveBackbone`): ``image_flops`` counts the units each image ran plus the gates /
+    policy (``extra_flops``), ``image_outputs`` -> {"unit_policy": {unit: ran}}, ``log_statistics``
+    -> units/used_mean, units/used_fraction; dense execution only.
     """
 
-    mode = "gated"  # family name (SACTClassifier.mode reads it)
+    family = "dense"  # set by the subclasses: "aig" | "blockdrop"
     relu_projection = False  # ReLU after a skipped unit's projection shortcut (AIG: True)
-    keep_trainable: Tuple[str, ...] = ()  # children of a unit that freezing leaves trainable
 
     def __init__(self, stem: nn.Module, stages: List[List[nn.Module]], *, out_features: List[str],
                  skip_stages: Sequence[str]) -> None:
@@ -159,8 +121,12 @@ class UnitSkippingResNet(ResNet):
                              f"for OUT_FEATURES={list(out_features)})")
         self.skip_stages = [s for s in self.stage_names if s in skip_stages]
         self.unit_names: List[str] = [f"{s}.{j}" for s in self.skip_stages for j in range(len(getattr(self, s)))]
-        self.image_sizes: Optional[List[Tuple[int, int]]] = None
         self.last_executed: Dict[str, torch.Tensor] = {}
+
+    @property
+    def mode(self) -> str:
+        """The family name (what SACTResNet calls its MODE)."""
+        return self.family
 
     # -- subclass hooks -------------------------------------------------------------------------
     def _decide(self, name: str, block: nn.Module, x: torch.Tensor, stride: int) -> Optional[torch.Tensor]:
@@ -184,6 +150,7 @@ class UnitSkippingResNet(ResNet):
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
         assert x.dim() == 4, f"{type(self).__name__} takes (N,C,H,W), got {tuple(x.shape)}"
+        self._record_input(x)
         outputs: Dict[str, torch.Tensor] = {}
         executed: Dict[str, torch.Tensor] = {}
         x = self.stem(x)
@@ -206,22 +173,22 @@ class UnitSkippingResNet(ResNet):
         self.last_executed = executed
         return outputs
 
-    # -- per-image records ----------------------------------------------------------------------
-    @property
-    def last_ponder(self) -> dict:
-        """No SACT stages: the SACT meta-architecture adds no ponder loss or ponder maps."""
-        return {}
-
-    def executed_matrix(self) -> torch.Tensor:
-        """(B, U) bool of the last forward, columns in ``unit_names`` order."""
-        return torch.stack([self.last_executed[n] for n in self.unit_names], dim=1)
-
-    def image_outputs(self, index: int) -> dict:
-        """Per-image extra outputs: {"unit_policy": {unit name: executed}} (ordered like ``unit_names``)."""
+    # -- contract -------------------------------------------------------------------------------
+    def image_outputs(self, index: int) -> Dict[str, Dict[str, bool]]:
+        """{"unit_policy": {unit name: executed}} of image ``index`` (ordered like ``unit_names``)."""
         return {"unit_policy": {n: bool(self.last_executed[n][index]) for n in self.unit_names}}
 
+    def log_statistics(self) -> Dict[str, float]:
+        """units/used_mean (units run per image) and units/used_fraction over the last batch."""
+        if not self.last_executed:
+            return {}
+        used = torch.stack([e.float() for e in self.last_executed.values()], dim=1).sum(1)
+        return {"units/used_mean": float(used.mean()),
+                "units/used_fraction": float(used.mean()) / len(self.last_executed)}
+
     def image_stage_flops(self, image_hw: Sequence[int], index: int = 0) -> Dict[str, float]:
-        """{"stem", <stage>..., "extra" (gates / policy)}: FLOPs of image ``index`` of the last forward."""
+        """{"stem", <stage>..., "extra" (gates / policy)}: FLOPs of image ``index`` of the last forward
+        on an input of ``image_hw``."""
         out: Dict[str, float] = {}
         out["stem"], hw = stem_flops(self.stem, (int(image_hw[0]), int(image_hw[1])))
         for name, stage in zip(self.stage_names, self.stages):
@@ -233,16 +200,10 @@ class UnitSkippingResNet(ResNet):
         out["extra"] = self.extra_flops(index)
         return out
 
-    def image_flops(self, image_hw: Sequence[int], index: int = 0) -> float:
+    def image_flops(self, index: int) -> float:
         """Backbone FLOPs of image ``index`` of the last forward on its own (unpadded) size."""
-        return sum(self.image_stage_flops(image_hw, index).values())
+        return sum(self.image_stage_flops(self.image_size(index), index).values())
 
     def freeze(self, freeze_at: int = 0) -> "UnitSkippingResNet":
         """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; gates stay trainable."""
-        if freeze_at >= 1:
-            freeze_except(self.stem, ())
-        for idx, stage in enumerate(self.stages, start=2):
-            if freeze_at >= idx:
-                for block in stage.children():
-                    freeze_except(block, self.keep_trainable)
-        return self
+        return AdaptiveBackbone.freeze(self, freeze_at)

@@ -12,6 +12,7 @@ from typing import Dict, Iterator, Tuple
 import torch
 import torch.nn.functional as F
 
+from .flop_rules import dilate
 from .fold import FoldedConv, FoldedUnit
 
 __all__ = ["MapView", "Scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image"]
@@ -72,15 +73,6 @@ def _chunks(n: int) -> Iterator[Tuple[int, int]]:
     step = max(1, -(-n // parts))
     for s in range(0, n, step):
         yield s, min(n, s + step)
-
-
-def dilate(m: torch.Tensor, d: int) -> torch.Tensor:
-    """(B,H,W) bool -> positions with an active one among their 3x3 neighbours at dilation ``d``."""
-    B, H, W = m.shape
-    p = m.new_zeros(B, H + 2 * d, W + 2 * d)
-    p[:, d: d + H, d: d + W] = m
-    r = p[:, :, :W] | p[:, :, d: d + W] | p[:, :, 2 * d: 2 * d + W]
-    return r[:, :H] | r[:, d: d + H] | r[:, 2 * d: 2 * d + H]
 
 
 def _offsets(w_pad: int, dilation: int, device: torch.device, k2: int = 9) -> torch.Tensor:

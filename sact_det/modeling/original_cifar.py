@@ -91,4 +91,5 @@ def build_original_cifar_resnet(cfg, num_units: int, *, width: int = 16, freeze_
         stem, stages, out_features=["res2", "res3", "res4"], freeze_at=int(freeze_at), mode=s.MODE,
         adaptive_stages=list(s.STAGES), eps=float(s.EPS), halt_norm=s.HALT_NORM,
         halt_kernel_size=int(s.HALT_KERNEL_SIZE), halt_bias_init=float(s.HALT_BIAS_INIT), execution=s.EXECUTION,
+        tau=float(s.TAU),
         halting_kwargs=original_halting_kwargs(cfg, CIFAR_BN_EPS, CIFAR_BN_MOMENTUM, activation=lrelu))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from . import backbone as _backbone
-from .classifier import SACTClassifier, classifier_flops
+from .classifier import AdaptiveClassifier, classifier_flops
 
 __all__ = ["probe", "compare", "oracle_block_names", "to_nchw", "oracle_config", "oracle_model", "check_oracle_model",
            "quantity", "report_table", "INTEGER_KEYS", "FLOAT_TOLERANCE", "ORACLE_MODELS"]
@@ -32,7 +32,7 @@ INTEGER_KEYS = ("flops_total", "flops", "num_units")  # compared exactly (key su
 FLOAT_TOLERANCE = 5e-5  # max|diff| <= 5e-5 * max(1, max|ref|) per array (oracle README section 9)
 
 
-def oracle_block_names(model: SACTClassifier) -> List[Tuple[str, str]]:
+def oracle_block_names(model: AdaptiveClassifier) -> List[Tuple[str, str]]:
     """[(oracle block name, stage name)]: ImageNet block1..4 / CIFAR block_1..3 -> res2, res3, ..."""
     cifar = hasattr(model, "final_norm")
     return [((f"block_{i}" if cifar else f"block{i}"), name)
@@ -40,7 +40,7 @@ def oracle_block_names(model: SACTClassifier) -> List[Tuple[str, str]]:
 
 
 @contextlib.contextmanager
-def _recording(model: SACTClassifier) -> Iterator[Dict[str, dict]]:
+def _recording(model: AdaptiveClassifier) -> Iterator[Dict[str, dict]]:
     """Record, per adaptive stage, the weight p^l of every unit (via HaltingState.step) and the raw
     halting score / logit of every halting branch (forward hooks)."""
     bb = model.backbone
@@ -91,7 +91,7 @@ def _stack_units(maps: Mapping[int, torch.Tensor], count: int, act: bool) -> np.
 
 
 @torch.no_grad()
-def probe(model: SACTClassifier, images: torch.Tensor) -> Dict[str, np.ndarray]:
+def probe(model: AdaptiveClassifier, images: torch.Tensor) -> Dict[str, np.ndarray]:
     """Run ``model`` (eval mode) on NCHW ``images``; the oracle's quantities under its key names.
 
     Layouts: feature maps (B,C,h,w); SACT ponder_cost / num_units (B,h,w), halting_distribution
@@ -128,7 +128,7 @@ def probe(model: SACTClassifier, images: torch.Tensor) -> Dict[str, np.ndarray]:
         if name not in ponders:
             continue
         p, r = ponders[name], rec[name]
-        act = model.mode == "act"
+        act = model.family == "act"
         units = len(getattr(model.backbone, name))
         pick = (lambda t: t[:, 0, 0, 0]) if act else (lambda t: t[:, 0])
         out[f"{block}/ponder_cost"] = pick(p.ponder_cost).numpy()
@@ -217,7 +217,7 @@ def oracle_config(summary_config: Mapping[str, Any]):
     return cfg
 
 
-def oracle_model(model_dir: str, variant: str) -> SACTClassifier:
+def oracle_model(model_dir: str, variant: str) -> AdaptiveClassifier:
     """The classifier of an oracle folder, built from config, with ``<variant>/model.ckpt`` converted
     by sact_det.convert (every parameter and buffer must be placed: strict load)."""
     from ..convert.original import align_to_model, convert_original

@@ -67,8 +67,8 @@ class OriginalSACTResNet(SACTResNet):
 
     def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
         if execution != "dense":
-            raise NotImplementedError(f"EXECUTION {execution!r} is not implemented for the original SACT networks "
-                                      "(pre-activation units have no sparse kernels); only 'dense'")
+            raise ValueError(f"EXECUTION {execution!r} is not implemented for the original SACT networks "
+                             "(pre-activation units have no sparse kernels); only 'dense'")
         super().set_execution(execution, sparse_max_density)
 
 
@@ -171,6 +171,7 @@ def build_original_resnet_v2(cfg, *, input_channels: int = 3,
         stem, stages, out_features=list(out_features), freeze_at=int(freeze_at), mode=s.MODE,
         adaptive_stages=list(s.STAGES), eps=float(s.EPS), halt_norm=s.HALT_NORM,
         halt_kernel_size=int(s.HALT_KERNEL_SIZE), halt_bias_init=float(s.HALT_BIAS_INIT), execution=s.EXECUTION,
+        tau=float(s.TAU),
         halting_kwargs=original_halting_kwargs(cfg, IMAGENET_BN_EPS, IMAGENET_BN_MOMENTUM))
 
 

@@ -12,7 +12,7 @@ faster than NCHW ones (whole rows of C values are gathered instead of strided co
 The halting branch and the output accumulation have sparse versions in :mod:`.sparse_halting`.
 """
 import weakref
-from typing import Callable, Optional, Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import nn
@@ -21,7 +21,7 @@ from .fold import FoldedUnit, dense_folded_forward, fold_unit
 from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
 
 __all__ = [
-    "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "choose_execution", "execute_unit", "cached_fold", "release_folds",
+    "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "cached_fold", "release_folds",
     "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
 ]
 
@@ -29,20 +29,6 @@ __all__ = [
 # tools/benchmark_sparse.py (res4 bottleneck, 1x1024x50x84, fp32, 2 threads, blob masks).
 SPARSE_MAX_DENSITY = 0.75
 EXECUTION_MODES = ("dense", "sparse", "auto")
-
-
-def choose_execution(mode: str, density: float, max_density: float = SPARSE_MAX_DENSITY) -> bool:
-    """True when a unit whose active fraction is ``density`` should run the sparse kernel.
-
-    mode: cfg.MODEL.SACT.EXECUTION ("dense" | "sparse" | "auto"); auto is sparse below ``max_density``.
-    """
-    if mode == "dense":
-        return False
-    if mode == "sparse":
-        return True
-    if mode == "auto":
-        return density < max_density
-    raise ValueError(f"cfg.MODEL.SACT.EXECUTION must be one of {EXECUTION_MODES}, got {mode!r}")
 
 
 _FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, object]]" = weakref.WeakKeyDictionary()
@@ -64,24 +50,6 @@ def release_folds(module: nn.Module) -> None:
     """Drop the cached folds of ``module`` and its submodules (e.g. when it goes back to training)."""
     for m in module.modules():
         _FOLD_CACHE.pop(m, None)
-
-
-def execute_unit(block: nn.Module, x: torch.Tensor, active: torch.Tensor, mode: str = "auto",
-                 max_density: float = SPARSE_MAX_DENSITY, folded: Optional[FoldedUnit] = None,
-                 inplace: bool = False) -> torch.Tensor:
-    """``torch.where(active, block(x), x)`` for unit ``l >= 1`` at inference, executed per ``mode``.
-
-    x: (B,C,H,W); active: (B,1,H,W) or (B,1,1,1) bool. "dense" runs the block everywhere and
-    masks; "sparse" / "auto" fold the block (or use ``folded``) and call
-    :func:`sparse_unit_forward`, which picks dense or gather per image (auto: by ``max_density``).
-    Without ``folded``, the fold is cached per block (:func:`cached_fold`). ``inplace``: see
-    :func:`sparse_unit_forward` (safe when the caller no longer needs the old state).
-    """
-    if not choose_execution(mode, 0.0, max_density):
-        return torch.where(active, block(x), x)
-    folded = cached_fold(block) if folded is None else folded
-    md = max_density if mode == "auto" else 1.0
-    return sparse_unit_forward(folded, x, active, max_density=md, inplace=inplace)
 
 
 def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:

@@ -1,9 +1,4 @@
-"""Faster R-CNN meta-architectures for the per-image unit-skipping backbones (ConvNet-AIG, BlockDrop).
-
-``GatedRCNN`` = SACTRCNN + three backbone seams: the backbone learns the images' unpadded sizes
-(``backbone.image_sizes``), its ``extra_losses()`` join the loss dict, and at inference each
-output gets the backbone's per-image FLOPs (``backbone.image_flops``) and ``unit_policy``
-(``backbone.image_outputs``).
+"""BlockDrop's detector: :class:`AdaptiveRCNN` whose training step trains the policy with REINFORCE.
 
 ``BlockDropRCNN`` trains the BlockDrop policy with REINFORCE. Detection has no "correct"
 prediction, so an image counts as correct when the detector's own training loss (RPN + box
@@ -23,64 +18,16 @@ import torch
 from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
-from detectron2.utils.events import get_event_storage
 
-from .blockdrop import blockdrop_reward, bounded_probs, detection_correct, reinforce_loss
-from .meta_arch import SACTRCNN
+from .blockdrop import BlockDropResNet, blockdrop_reward, bounded_probs, detection_correct, reinforce_loss
+from .meta_arch import AdaptiveRCNN, event_storage as _storage
 
-__all__ = ["GatedRCNN", "BlockDropRCNN"]
-
-
-def _storage():
-    try:
-        return get_event_storage()
-    except AssertionError:  # not inside a trainer
-        return None
+__all__ = ["BlockDropRCNN"]
 
 
 @META_ARCH_REGISTRY.register()
-class GatedRCNN(SACTRCNN):
-    """SACTRCNN whose backbone adds ``extra_losses()`` in training and per-image FLOPs / ``unit_policy`` at inference."""
-
-    def preprocess_image(self, batched_inputs) -> ImageList:
-        images = super().preprocess_image(batched_inputs)
-        if hasattr(self.backbone, "image_sizes"):
-            self.backbone.image_sizes = list(images.image_sizes)
-        return images
-
-    def forward(self, batched_inputs):
-        if not self.training:
-            return self.inference(batched_inputs)
-        losses = super().forward(batched_inputs)
-        extra = getattr(self.backbone, "extra_losses", None)
-        if callable(extra):
-            losses.update(extra())
-        self._log_units()
-        return losses
-
-    def _log_units(self) -> None:
-        storage, executed = _storage(), getattr(self.backbone, "last_executed", None)
-        if storage is None or not executed:
-            return
-        used = torch.stack([e.float() for e in executed.values()], dim=1).sum(1)
-        storage.put_scalar("units/used_mean", float(used.mean()), smoothing_hint=True)
-        storage.put_scalar("units/used_fraction", float(used.mean()) / len(executed), smoothing_hint=True)
-
-    def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
-        results = super().inference(batched_inputs, detected_instances, do_postprocess)
-        if not do_postprocess or not hasattr(self.backbone, "image_flops"):
-            return results
-        for i, out in enumerate(results):
-            head = out["flops"]["model"] - out["flops"]["backbone"]  # head FLOPs measured by SACTRCNN
-            bb = self.backbone.image_flops(self._image_sizes[i], i)
-            out["flops"] = {"backbone": bb, "model": bb + head}
-            out.update(self.backbone.image_outputs(i))
-        return results
-
-
-@META_ARCH_REGISTRY.register()
-class BlockDropRCNN(GatedRCNN):
-    """GatedRCNN with the BlockDrop policy trained by REINFORCE (see the module docstring)."""
+class BlockDropRCNN(AdaptiveRCNN):
+    """AdaptiveRCNN with the BlockDrop policy trained by REINFORCE (see the module docstring)."""
 
     @configurable
     def __init__(self, *, penalty: float, entropy_weight: float, policy_loss_weight: float, tolerance: float,
@@ -90,7 +37,7 @@ class BlockDropRCNN(GatedRCNN):
             raise ValueError(f"cfg.MODEL.BLOCKDROP.CORRECT_TOLERANCE must be >= 0, got {tolerance}")
         self.penalty, self.entropy_weight, self.policy_loss_weight = penalty, entropy_weight, policy_loss_weight
         self.tolerance = tolerance
-        if not hasattr(self.backbone, "forward_with_policy"):
+        if not isinstance(self.backbone, BlockDropResNet):
             raise ValueError("BlockDropRCNN needs cfg.MODEL.BACKBONE.NAME = 'build_blockdrop_resnet_backbone'")
         if self.backbone.phase == "curriculum":  # the detector is fixed while the policy learns
             for name, p in self.named_parameters():
@@ -115,6 +62,7 @@ class BlockDropRCNN(GatedRCNN):
         devices = [self.device] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
+            self.backbone.set_image_sizes(images.image_sizes)
             features = self.backbone.forward_with_policy(images.tensor, actions)
             out: Dict[str, list] = defaultdict(list)
             used = []
@@ -162,6 +110,7 @@ class BlockDropRCNN(GatedRCNN):
         losses = {k: v.mean() for k, v in det.items()}
         losses["loss_policy"] = self.policy_loss_weight * loss_policy + unused  # + 0 * unused params (DDP)
         self._log_policy(sample, correct, r_sample, learn)
+        self._log(self.backbone.log_statistics())  # units run by the sampled policy
         return losses
 
     def _log_policy(self, sample, correct, reward, learn) -> None:
