@@ -62,12 +62,13 @@ def test_train_writes_checkpoints_metrics_and_tensorboard(tmp_path, cifar_root):
         assert line in printed
     with open(tmp_path / "inference" / "eval_0000006.json") as f:
         assert json.load(f)["flops_mean"] == pytest.approx(metrics["flops_mean"])
-    assert (tmp_path / "model_0000003.pth").exists() and (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
+    # detectron2's conventions: model_<i> after the 0-based iteration i, "iteration" = last one done
+    assert (tmp_path / "model_0000002.pth").exists() and (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
     final = state_of(str(tmp_path / "model_final.pth"))
-    assert final["iteration"] == 6 and final["class_names"] == ["a", "b", "c"]
+    assert final["iteration"] == 5 and final["class_names"] == ["a", "b", "c"]
     assert final["scheduler"]["last_epoch"] == 6 and final["optimizer"]["param_groups"][0]["lr"] == pytest.approx(0.01)
     lines = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
-    assert [x["iteration"] for x in lines if "loss_cls" in x] == [1, 2, 3, 4, 5, 6]
+    assert [x["iteration"] for x in lines if "loss_cls" in x] == [0, 1, 2, 3, 4, 5]  # detectron2's JSONWriter
     assert all(x["loss_ponder"] > 0 for x in lines if "loss_ponder" in x)
     assert glob.glob(str(tmp_path / "tensorboard" / "events.out.tfevents.*"))
 
@@ -91,13 +92,16 @@ def test_resume_after_a_signal_loses_nothing(tmp_path, cifar_root, monkeypatch):
         return real(flag, device)
 
     monkeypatch.setattr(engine, "_any_process", interrupt_at_3)
-    with pytest.raises(KeyboardInterrupt, match="iteration 3"):
+    with pytest.raises(KeyboardInterrupt, match="after iteration 2"):  # 0-based: 3 iterations done
         train_classifier(tiny_cfg(cut, cifar_root, max_iter=5), progress=False)
-    assert (cut / "last_checkpoint").read_text() == "model_0000003.pth"
+    assert (cut / "last_checkpoint").read_text() == "model_0000002.pth"
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handler restored
     signal.signal(signal.SIGINT, previous)
     monkeypatch.setattr(engine, "_any_process", real)
+    stale = cut / ".tmp-model_0000003.pth.x1y2"  # what a run killed while saving leaves (sact_det.utils.atomic)
+    stale.write_bytes(b"partial")
     resumed = train_classifier(tiny_cfg(cut, cifar_root, max_iter=5), resume=True, progress=False)
+    assert not stale.exists()
 
     a, b = state_of(str(full / "model_final.pth")), state_of(str(cut / "model_final.pth"))
     assert a["model"].keys() == b["model"].keys()
@@ -216,7 +220,7 @@ def test_aig_and_blockdrop_train_and_evaluate_in_the_tool(tmp_path, cifar_root, 
     assert trained["family"] == family and trained["num_images"] == 10
     lines = [json.loads(x) for x in (tmp_path / "metrics.json").read_text().splitlines()]
     key = {"aig": "loss_target_rate", "blockdrop": "loss_policy"}[family]
-    assert [x["iteration"] for x in lines if key in x] == [1, 2, 3]
+    assert [x["iteration"] for x in lines if key in x] == [0, 1, 2]
     assert all(x.get("units/used_mean", 0) > 0 for x in lines if key in x)
     capsys.readouterr()
     metrics = main(get_parser().parse_args(["--config-file", path, "--eval-only", "--no-progress"] + small))

@@ -211,15 +211,15 @@ def test_all_images_dense_with_partial_masks(block):
 ])
 def test_fold_block_equals_unfolded_module(name, make):
     """Stems and first units (projection shortcut, stride 2) folded give the module's output."""
-    from sact_det.modeling.fold import fold_block, folded_block_forward
+    from sact_det.modeling.fold import dense_folded_forward, fold_block
 
     torch.manual_seed(0)
     module = _randomize_norms(make(), seed=3)
     x = torch.randn(2, module.conv1.in_channels, 17, 22)
     with torch.no_grad():
         ref = module(x)
-        got = folded_block_forward(fold_block(module), x)
-        got_cl = folded_block_forward(fold_block(module), x.contiguous(memory_format=torch.channels_last))
+        got = dense_folded_forward(fold_block(module), x)
+        got_cl = dense_folded_forward(fold_block(module), x.contiguous(memory_format=torch.channels_last))
     assert got.shape == ref.shape
     torch.testing.assert_close(got, ref, **TOL)
     torch.testing.assert_close(got_cl, ref, **TOL)
@@ -230,3 +230,23 @@ def test_fold_block_rejects_other_modules():
 
     with pytest.raises(TypeError, match="BasicStem / BottleneckBlock / BasicBlock"):
         fold_block(torch.nn.Conv2d(3, 3, 1))
+
+
+def test_fold_norms_keeps_the_function_of_a_resnet():
+    """fold_norms: a copy without norms computing what detectron2's ResNet computes; the original is untouched."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from sact_det.modeling.fold import fold_norms
+    from tests.helpers import tiny_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(depth=18, mode="none", norm="FrozenBN")
+    net = _randomize_norms(build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval(), seed=2)
+    folded = fold_norms(net)
+    assert all(m.norm is None for m in folded.modules() if hasattr(m, "norm") and isinstance(m, torch.nn.Conv2d))
+    assert any(m.norm is not None for m in net.modules() if hasattr(m, "norm") and isinstance(m, torch.nn.Conv2d))
+    x = torch.randn(1, 3, 40, 56)
+    with torch.no_grad():
+        ref, got = net(x)["res4"], folded(x)["res4"]
+    torch.testing.assert_close(got, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)

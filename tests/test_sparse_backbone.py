@@ -103,19 +103,24 @@ def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
 
 
 def test_replaying_its_own_masks_reproduces_the_sparse_run():
-    """replay_masks (benchmarks) runs the units on given masks: the model's own masks give its own result."""
+    """replay_masks runs the units on given masks: the model's own masks give its own result."""
     bb, x = _partially_halting_r50()
     ref, _, masks = _run(bb, x, "sparse")
     flops = backbone_flops(bb, (64, 96))
-    for name in bb.adaptive_stages:
-        getattr(bb, name).replay_masks = masks[name]
-    out, _, masks2 = _run(bb, x, "sparse")
+    with bb.replay_masks(masks):
+        out, _, masks2 = _run(bb, x, "sparse")
     torch.testing.assert_close(out, ref, **TOL)
     assert backbone_flops(bb, (64, 96)) == pytest.approx(flops)
-    for name in bb.adaptive_stages:  # an empty replay list: no unit beyond the first runs
-        getattr(bb, name).replay_masks = []
-    _run(bb, x, "sparse")
+    with bb.replay_masks({name: [] for name in bb.adaptive_stages}):  # empty: no unit beyond the first runs
+        _run(bb, x, "sparse")
     assert all(not p.masks for p in bb.last_ponder.values())
+    _run(bb, x, "sparse")  # outside the block: the halting masks again
+    assert all(p.masks for p in bb.last_ponder.values())
+    assert all(getattr(bb, n)._replay is None for n in bb.adaptive_stages)
+    bb.set_execution("dense")
+    with pytest.raises(RuntimeError, match="sparse"):
+        with bb.replay_masks(masks):
+            pass
 
 
 def test_folds_follow_weights_loaded_in_eval_mode():

@@ -11,6 +11,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
+import benchmark_sparse  # noqa: E402
 import benchmark_train  # noqa: E402
 import draw_ponder_maps  # noqa: E402
 import plot_tradeoff  # noqa: E402
@@ -162,3 +163,18 @@ def test_benchmark_train_rejects_different_depths(tmp_path):
                      "MODEL:\n  RESNETS:\n    DEPTH: 18\n    RES2_OUT_CHANNELS: 64\n")
     with pytest.raises(SystemExit, match="depths differ: 50 vs 18"):
         benchmark_train.main(["--config-file", DEMO_CFG, "--dense-config", str(dense), "--iters", "1"])
+
+
+# ----------------------------------------------------------------------------- benchmark_sparse
+def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights):
+    """Both parts at toy sizes, the extractor on the masks a (demo) SACT detector produces: every table row."""
+    common = ["--threads", "1", "--rounds", "1", "--rounds-extractor", "1", "--densities", "0.5", "1.0",
+              "--height", "6", "--width", "8", "--config", DEMO_CFG, "--images", "1", "--image-size", "64", "96"]
+    benchmark_sparse.main(common + ["--replay-weights", trained_weights, "--replay-config", DEMO_CFG])
+    out = capsys.readouterr().out
+    unit_rows = [ln for ln in out.splitlines() if ln.startswith("| 50 % |") or ln.startswith("| 100 % |")]
+    assert len(unit_rows) == 4  # two densities x two tables
+    # a full mask: the sparse unit runs every conv everywhere, FLOPs sparse/dense = 1
+    assert all(ln.split("|")[2].strip() == "1.000" for ln in unit_rows if ln.startswith("| 100 % |"))
+    (replayed,) = [ln for ln in out.splitlines() if ln.startswith("| replayed |")]
+    assert 0.0 < float(replayed.split("|")[2]) < 1.1  # above 1 when few positions halt: halting branches cost

@@ -41,7 +41,10 @@ import torch.nn.functional as F  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 
+from sact_det.config.constants import SPARSE_MAX_DENSITY  # noqa: E402
 from sact_det.modeling import sparse  # noqa: E402
+from sact_det.modeling.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
+from sact_det.modeling.fold import fold_norms  # noqa: E402
 
 INF = float("inf")
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU time of this thread; needs --threads 1)
@@ -233,24 +236,6 @@ def _extractors(args):
     return cfg, sact_bb.eval(), dense_bb.eval()
 
 
-def fold_all_norms(model: torch.nn.Module) -> torch.nn.Module:
-    """A copy of ``model`` with every detectron2 Conv2d's (Frozen)BN folded into it (a faster dense baseline)."""
-    import copy
-
-    from detectron2.layers import Conv2d
-
-    from sact_det.modeling.fold import folded_weight_bias
-
-    model = copy.deepcopy(model)
-    for name, m in model.named_modules():
-        if isinstance(m, Conv2d) and m.norm is not None:
-            w, b = folded_weight_bias(m, name, "fold_all_norms")
-            m.weight = torch.nn.Parameter(w, requires_grad=False)
-            m.bias = torch.nn.Parameter(b, requires_grad=False)
-            m.norm = None
-    return model
-
-
 def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Tensor]:
     """The first ``n`` images of sact_demo_val, resized to ``hw``, normalized: (1,3,H,W) each."""
     from detectron2.data import DatasetCatalog
@@ -270,50 +255,6 @@ def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Ten
     return out
 
 
-def _flop_fraction(sact_bb, images, hw, dense_flops: float,
-                   replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> float:
-    """Mean over images of SACT extractor FLOPs (from the masks it used, or ``replay``-ed) / dense FLOPs."""
-    from sact_det.modeling.flops import backbone_flops
-
-    fr = []
-    with torch.no_grad():
-        for i, img in enumerate(images):
-            if replay is not None:
-                set_replay(sact_bb, replay[i])
-            sact_bb(img)
-            fr.append(backbone_flops(sact_bb, hw) / dense_flops)
-    return statistics.mean(fr)
-
-
-def set_halting(sact_bb, bias: float, gain: float = 3.0, seed: int = 0) -> None:
-    """Untrained model: random 3x3 halting convs (logit std ~ ``gain``), no global term, shared ``bias``."""
-    from sact_det.modeling.halting import SpatialHalting
-
-    g = torch.Generator().manual_seed(seed)
-    heads = [m for m in sact_bb.modules() if isinstance(m, SpatialHalting)]
-    if not heads:
-        raise ValueError("set_halting: no SpatialHalting branch in the backbone (needs cfg.MODEL.SACT.MODE sact)")
-    for hd in heads:
-        w = hd.local_conv.weight
-        w.data = torch.randn(w.shape, generator=g) * gain / w[0].numel() ** 0.5
-        hd.local_conv.bias.data.fill_(bias)
-        hd.global_conv.weight.data.zero_()
-
-
-def calibrate_halting(sact_bb, images, hw, dense_flops: float, target: float, steps: int = 10) -> float:
-    """Bisect the shared halting bias so the mean FLOPs fraction on ``images`` is ``target``; returns bias."""
-    lo, hi = -10.0, 10.0
-    sact_bb.set_execution("auto", sparse.SPARSE_MAX_DENSITY)
-    for _ in range(steps):
-        set_halting(sact_bb, (lo + hi) / 2)
-        if _flop_fraction(sact_bb, images, hw, dense_flops) > target:
-            lo = (lo + hi) / 2
-        else:
-            hi = (lo + hi) / 2
-    set_halting(sact_bb, (lo + hi) / 2)
-    return (lo + hi) / 2
-
-
 def replayed_masks(args, images) -> List[Dict[str, List[torch.Tensor]]]:
     """Per image, {stage: masks of units 1..L-1} that the trained ``--replay-weights`` model produces on it."""
     from argparse import Namespace
@@ -328,25 +269,39 @@ def replayed_masks(args, images) -> List[Dict[str, List[torch.Tensor]]]:
     return out
 
 
-def set_replay(sact_bb, masks: Optional[Dict[str, List[torch.Tensor]]]) -> None:
-    """Make the SACT stages run their units on ``masks`` (None: on their own halting masks)."""
-    for name in sact_bb.adaptive_stages:
-        getattr(sact_bb, name).replay_masks = None if masks is None else masks[name]
+def run_images(sact_bb, images, replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> None:
+    """Forward every image, on the masks ``replay[i]`` if given (sparse / auto execution)."""
+    for i, img in enumerate(images):
+        if replay is None:
+            sact_bb(img)
+        else:
+            with sact_bb.replay_masks(replay[i]):
+                sact_bb(img)
+
+
+def replayed_fraction(sact_bb, images, replay: List[Dict[str, List[torch.Tensor]]]) -> float:
+    """Mean over images of the extractor's FLOPs fraction when its units run on the replayed masks."""
+    fr = []
+    for img, masks in zip(images, replay):
+        with sact_bb.replay_masks(masks):
+            fr.append(flops_fraction(sact_bb, [img]))
+    return statistics.mean(fr)
 
 
 def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
                    replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> Dict[str, Callable[[], object]]:
-    folded_bb = fold_all_norms(dense_bb)
+    folded_bb = fold_norms(dense_bb)
 
     def run(mode: str) -> Callable[[], None]:
         def f() -> None:
             if mode not in ("d2", "d2_folded"):
                 sact_bb.set_execution(mode, max_density)
-            net = {"d2": dense_bb, "d2_folded": folded_bb}.get(mode, sact_bb)
-            for i, img in enumerate(images):
-                if replay is not None and net is sact_bb:
-                    set_replay(sact_bb, replay[i])
-                net(img)
+            net = {"d2": dense_bb, "d2_folded": folded_bb}.get(mode)
+            if net is None:  # masked dense: its own halting masks (replay acts on the sparse path only)
+                run_images(sact_bb, images, None if mode == "dense" else replay)
+            else:
+                for img in images:
+                    net(img)
         return f
 
     return {m: run(m) for m in ("d2", "d2_folded", "dense", "sparse", "auto")}
@@ -375,11 +330,13 @@ def bench_extractor(args, argv: List[str]) -> None:
     for target in (args.target_flops if not (args.weights or replay) else [None]):
         bias = None
         if target is not None:
-            bias = calibrate_halting(sact_bb, images[:2], hw, dense_flops, target)
+            sact_bb.set_execution("auto", SPARSE_MAX_DENSITY)
+            randomize_halting(sact_bb)
+            bias = calibrate_halting(sact_bb, images[:2], target)
         diff = float("nan")  # replayed masks: the halting weights do not match them, outputs not comparable
         with torch.no_grad():
             if replay is None:
-                ff, diff = _flop_fraction(sact_bb, images, hw, dense_flops), 0.0
+                ff, diff = flops_fraction(sact_bb, images), 0.0
                 for img in images:
                     sact_bb.set_execution("dense")
                     ref = sact_bb(img)["res4"]
@@ -387,7 +344,7 @@ def bench_extractor(args, argv: List[str]) -> None:
                     diff = max(diff, float((sact_bb(img)["res4"] - ref).abs().max() / ref.abs().max()))
             else:
                 sact_bb.set_execution("auto", args.max_density)  # replay_masks act on the sparse path only
-                ff = _flop_fraction(sact_bb, images, hw, dense_flops, replay)
+                ff = replayed_fraction(sact_bb, images, replay)
             before = load_str()
             fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
             t = time_rounds(fns, args.rounds_extractor, 1)
@@ -436,7 +393,7 @@ def memory_worker(args) -> None:
         else:
             cfg, sact_bb, dense_bb = _extractors(args)
             if args.halting_bias is not None:
-                set_halting(sact_bb, args.halting_bias)
+                randomize_halting(sact_bb, bias=args.halting_bias)
             images = _demo_images(cfg, 1, args.image_size, args.channels_last)
             fn = _extractor_fns(sact_bb, dense_bb, images, args.max_density)[kind]
         print("PEAK", peak_rss_bytes(fn))
@@ -449,7 +406,7 @@ def main(argv=None) -> None:
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: CPU time of the calling thread (with --threads 1), robust to other load")
     p.add_argument("--memory", action="store_true", help="also measure peak memory (subprocesses)")
-    p.add_argument("--max-density", type=float, default=sparse.SPARSE_MAX_DENSITY, help="auto threshold")
+    p.add_argument("--max-density", type=float, default=SPARSE_MAX_DENSITY, help="auto threshold")
     p.add_argument("--rounds", type=int, default=15, help="(a) timing rounds")
     p.add_argument("--densities", type=float, nargs="+", default=[0.10, 0.25, 0.50, 0.75, 1.00])
     p.add_argument("--height", type=int, default=50)

@@ -206,7 +206,7 @@ def run_classifier(args) -> List[str]:
     transform = drawing_transform(cfg)
     results = [classifier_ponder_map(model, cfg, f, args.max_size, transform) for f in files]
     vmin, vmax = shared_scale([r.ponder_image.numpy() for r in results], args.vmin, args.vmax)
-    background = bool(cfg.SACT_CLS.get("BACKGROUND_CLASS", False))
+    background = bool(cfg.SACT_CLS.BACKGROUND_CLASS)
     return [draw_classifier_ponder_map(r, out, vmin, vmax, background)
             for r, out in zip(results, output_names(files, args.output))]
 

@@ -1,9 +1,11 @@
 """Checkpoints of the classification tool: atomic save (sact_det.utils.atomic), resume, and initial
 weights from torchvision .pth / detectron2-style .pkl / classification checkpoints (halting params new).
 
-Training checkpoint (``model_<iter>.pth``): {"model": classifier state_dict, "optimizer",
-"scheduler", "iteration", "seed", "num_classes", "class_names", "sact_cls_format": 1}.
-``last_checkpoint`` in the same folder names the newest one (written atomically, after it).
+Training checkpoint (``model_<iter>.pth``, written by :class:`ClassifierCheckpointer`, detectron2's
+checkpointer made atomic): {"model": classifier state_dict, "optimizer", "scheduler", "trainer" (iteration,
+hook states), "iteration" (last completed, 0-based, as detectron2), "seed", "num_classes",
+"class_names", "config", "sact_cls_format": 1}. ``last_checkpoint`` in the same folder names the
+newest one (written atomically, after it).
 """
 import logging
 import os
@@ -15,10 +17,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engine.checkpoint import AtomicDetectionCheckpointer
 from ..utils.atomic import atomic_torch_save, atomic_write
 from .torchvision_names import is_torchvision_state_dict, torchvision_to_d2
 
-__all__ = ["save_checkpoint", "last_checkpoint", "read_weights", "load_classifier_weights",
+__all__ = ["ClassifierCheckpointer", "save_checkpoint", "last_checkpoint", "read_weights", "load_classifier_weights",
            "CheckpointError"]
 
 logger = logging.getLogger(__name__)
@@ -27,6 +30,18 @@ FORMAT_KEY = "sact_cls_format"
 
 class CheckpointError(ValueError):
     """A weights file does not fit the model (the message names the file and key)."""
+
+
+class ClassifierCheckpointer(AtomicDetectionCheckpointer):
+    """The detection side's atomic checkpointer; every file also holds ``extra`` (seed, class names,
+    config, ...) and the format key :func:`read_weights` recognises."""
+
+    def __init__(self, model: nn.Module, save_dir: str, extra: Dict[str, Any], **checkpointables: Any) -> None:
+        super().__init__(model, save_dir, **checkpointables)
+        self.extra = dict(extra)
+
+    def save(self, name: str, **kwargs: Any) -> None:
+        super().save(name, **{**self.extra, FORMAT_KEY: 1, **kwargs})
 
 
 def save_checkpoint(folder: str, name: str, state: Dict[str, Any], max_to_keep: int = 0) -> str:

@@ -1,33 +1,48 @@
-"""Training loop of the classification tool (one process per device; DDP when world size > 1).
+"""Training of the classification tool on detectron2's engine (one process per device; DDP when world size > 1).
+
+:class:`ClassifierTrainer` is a detectron2 ``SimpleTrainer`` whose ``run_step`` adds the backbone
+family's losses (:func:`classification_losses`), with detectron2's hooks as the detection
+``Trainer`` has them: ``IterationTimer``, ``LRScheduler`` (a MultiStepLR from cfg.SACT_CLS.SOLVER),
+``PeriodicCheckpointer`` with the atomic checkpointer, ``EvalHook`` and ``PeriodicWriter``
+(``CommonMetricPrinter``, ``JSONWriter`` -> OUTPUT_DIR/metrics.json, ``TensorboardXWriter`` ->
+OUTPUT_DIR/tensorboard), plus the detection side's ``AverageBuffers`` (BN statistics averaged over
+the ranks after every step) and ``PerIterationSeed``. Iterations, checkpoint names and the stored
+``iteration`` follow detectron2: 0-based, ``model_<i>.pth`` after iteration i, resume at i + 1.
 
 Resume loses nothing: the sample order of every epoch and the augmentation of every sample are
-pure functions of (seed, epoch, index), the checkpoint holds model, optimizer, scheduler, seed
-and iteration, and checkpoints are written atomically. SIGINT / SIGTERM stop the run at the next
-iteration boundary with a checkpoint (all processes agree on the stop iteration).
+pure functions of (seed, epoch, index), the torch / numpy RNGs are reseeded per iteration, the
+checkpoint holds model, optimizer, scheduler, seed, iteration and hook states, and checkpoints are
+written atomically (temporaries of killed runs removed at start). SIGINT / SIGTERM stop the run at
+the next iteration boundary with a checkpoint (all processes agree on the stop iteration).
 """
 import contextlib
-import json
 import logging
 import os
 import signal
-from typing import Any, Dict, Iterator, List, Tuple
+import time
+import weakref
+from typing import Any, Dict, Iterator, List, Optional, Tuple
 
 import numpy as np
 import torch
 import torch.distributed as dist
+from detectron2.engine import SimpleTrainer, hooks
 from detectron2.solver.build import get_default_optimizer_params
 from detectron2.utils import comm
+from detectron2.utils.events import CommonMetricPrinter, JSONWriter, TensorboardXWriter
 from torch.utils.data import DataLoader, Dataset
 
 from ..compat import create_ddp_model
 from ..data.classification import build_classification_dataset, build_transform
+from ..engine.hooks import AverageBuffers, PerIterationSeed, unwrap_model
 from ..modeling.classifier import build_classifier
-from .checkpoint import last_checkpoint, load_classifier_weights, read_weights, save_checkpoint
+from ..utils.atomic import remove_stale_temporaries
+from .checkpoint import ClassifierCheckpointer, load_classifier_weights
 from .config import validate_classification_cfg
 from .evaluator import TransformedDataset, evaluate_classifier, format_metrics, write_metrics_json
 from .losses import classification_losses, prepare_classifier_training
 
-__all__ = ["train_classifier", "epoch_batches", "SeededDataset"]
+__all__ = ["train_classifier", "train_step", "ClassifierTrainer", "EpochBatchLoader", "epoch_batches", "SeededDataset"]
 
 logger = logging.getLogger("sact_det.classification")
 
@@ -93,14 +108,6 @@ def _any_process(flag: bool, device: str) -> bool:
     return bool(t.item())
 
 
-def _sync_buffers(model: torch.nn.Module) -> None:
-    """Copy rank 0's BN statistics to every process (DDP broadcasts them before each training forward
-    only, so after the last step the processes' running statistics differ slightly)."""
-    if comm.get_world_size() > 1:
-        for buf in model.buffers():
-            dist.broadcast(buf, src=0)
-
-
 def _setup_data(cfg) -> Tuple[Dataset, Dataset, List[str]]:
     c = cfg.SACT_CLS.DATA
     train = build_classification_dataset(cfg, c.TRAIN_SPLIT)
@@ -115,11 +122,101 @@ def _num_classes(cfg, found: int, where: str) -> int:
     return found
 
 
+class EpochBatchLoader:
+    """Endless (images, labels) batches of this process from :func:`epoch_batches`, starting at
+    iteration ``start_iter`` with ``seed`` (both read when iteration begins, i.e. after resume)."""
+
+    def __init__(self, dataset: SeededDataset, batch_size: int, num_workers: int, seed: int) -> None:
+        self.dataset, self.batch_size, self.num_workers = dataset, int(batch_size), int(num_workers)
+        self.seed, self.start_iter = int(seed), 0
+        self.iters_per_epoch = len(dataset) // self.batch_size
+
+    def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
+        it = self.start_iter
+        while True:
+            epoch, first = divmod(it, self.iters_per_epoch)
+            batches = epoch_batches(len(self.dataset), self.batch_size, self.seed, epoch, comm.get_rank(),
+                                    comm.get_world_size())[first:]
+            for batch in DataLoader(self.dataset, batch_sampler=batches, num_workers=self.num_workers):
+                it += 1
+                yield batch
+
+
+class ClassifierTrainer(SimpleTrainer):
+    """SimpleTrainer for (images (B,3,H,W), labels (B,)) batches: loss = cross-entropy + the backbone
+    family's losses (ponder cost, AIG target rates, BlockDrop policy curriculum)."""
+
+    def __init__(self, cfg, model: torch.nn.Module, data_loader: EpochBatchLoader,
+                 optimizer: torch.optim.Optimizer) -> None:
+        super().__init__(model, data_loader, optimizer)
+        self.cfg = cfg
+        self._batches: Optional[Iterator] = None
+
+    def run_step(self) -> None:
+        assert self.model.training, "[ClassifierTrainer] model was changed to eval mode!"
+        start = time.perf_counter()
+        if self._batches is None:
+            self._batches = iter(self.data_loader)
+        images, labels = next(self._batches)
+        data_time = time.perf_counter() - start
+        losses, logits = train_step(self.model, self.optimizer, images, labels, self.cfg, self.iter)
+        self._write_metrics(losses, data_time)
+        stats = {"train_top1": float((logits.argmax(1) == labels.to(logits.device)).float().mean())}
+        stats.update(unwrap_model(self.model).backbone.log_statistics())  # ponder/<stage>_mean, units/..., per family
+        self.storage.put_scalars(**stats)
+
+
+def train_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, images: torch.Tensor, labels: torch.Tensor,
+               cfg, iteration: int) -> Tuple[Dict[str, torch.Tensor], torch.Tensor]:
+    """One SGD step on cross-entropy + the backbone family's losses (:func:`classification_losses`) for
+    images (B,3,H,W) and labels (B,) on cfg.MODEL.DEVICE; returns (losses, logits (B,K))."""
+    device = cfg.MODEL.DEVICE
+    images, labels = images.to(device), labels.to(device)
+    logits = model(images)
+    losses = classification_losses(model, images, logits, labels, cfg, iteration=iteration)
+    loss = sum(losses.values())
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss became {loss.item()} at iteration {iteration}: {losses}")
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return losses, logits
+
+class StopOnSignal(hooks.HookBase):
+    """After every step: if any process got SIGINT / SIGTERM (``flag["stop"]``), save a checkpoint of
+    this iteration and raise KeyboardInterrupt (placed before the checkpoint / evaluation hooks)."""
+
+    def __init__(self, flag: Dict[str, bool], checkpointer: ClassifierCheckpointer, device: str) -> None:
+        self.flag, self.checkpointer, self.device = flag, checkpointer, device
+
+    def after_step(self) -> None:
+        if _any_process(self.flag["stop"], self.device):
+            it = self.trainer.iter
+            self.checkpointer.save(f"model_{it:07d}", iteration=it)
+            comm.synchronize()
+            raise KeyboardInterrupt(f"stopped by a signal after iteration {it}; resume with --resume")
+
+
+class ProgressBar(hooks.HookBase):
+    """tqdm bar over the iterations (main process)."""
+
+    def before_train(self) -> None:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.trainer.max_iter, initial=self.trainer.start_iter, desc="train", dynamic_ncols=True)
+
+    def after_step(self) -> None:
+        self.bar.update(1)
+
+    def after_train(self) -> None:
+        self.bar.close()
+
+
 def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Train (or resume) per cfg; evaluates every EVAL_PERIOD and at the end; returns the last metrics."""
     validate_classification_cfg(cfg)
     s, device, out_dir = cfg.SACT_CLS.SOLVER, cfg.MODEL.DEVICE, cfg.OUTPUT_DIR
-    rank, world = comm.get_rank(), comm.get_world_size()
+    world = comm.get_world_size()
     if int(s.IMS_PER_BATCH) % world:
         raise ValueError(f"cfg.SACT_CLS.SOLVER.IMS_PER_BATCH={s.IMS_PER_BATCH} is not divisible by {world} processes")
     train_set, test_set, class_names = _setup_data(cfg)
@@ -139,147 +236,61 @@ def train_classifier(cfg, resume: bool = False, progress: bool = True) -> Dict[s
                                      weight_decay_norm=s.WEIGHT_DECAY_NORM),
         lr=s.BASE_LR, momentum=s.MOMENTUM, nesterov=s.NESTEROV, weight_decay=s.WEIGHT_DECAY)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, [int(x) * unit for x in s.STEPS], gamma=s.GAMMA)
-    start_iter = 0
-    ckpt = last_checkpoint(out_dir) if resume else None
-    if ckpt:
-        load_classifier_weights(model, ckpt)
-        state = read_weights(ckpt)["checkpoint"]
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        start_iter, seed = int(state["iteration"]), int(state["seed"])
-        logger.info("resumed from %s at iteration %d", ckpt, start_iter)
-    elif cfg.MODEL.WEIGHTS:
-        load_classifier_weights(model, cfg.MODEL.WEIGHTS, reset_fc=cfg.SACT_CLS.RESET_FC)
-    ddp = create_ddp_model(model, broadcast_buffers=True, find_unused_parameters=model.family != "dense")
-    data = SeededDataset(train_set, build_transform(cfg, train=True))
+    # BN policy of the detection Trainer: no DDP buffer broadcast, buffers averaged after every step
+    ddp = create_ddp_model(model, broadcast_buffers=False, find_unused_parameters=model.family != "dense")
+    loader = EpochBatchLoader(SeededDataset(train_set, build_transform(cfg, train=True)), int(s.IMS_PER_BATCH),
+                              cfg.DATALOADER.NUM_WORKERS, seed)
+    trainer = ClassifierTrainer(cfg, ddp, loader, optimizer)
+    extra = {"seed": seed, "num_classes": num_classes, "class_names": class_names, "config": cfg.dump()}
+    checkpointer = ClassifierCheckpointer(model, out_dir, extra, optimizer=optimizer, scheduler=scheduler,
+                                          trainer=weakref.proxy(trainer))
     test_data = TransformedDataset(test_set, build_transform(cfg, train=False))
-    tau = float(cfg.MODEL.SACT.TAU)
-    writer = _Writer(out_dir, enabled=comm.is_main_process())
-    bar = _progress(progress and comm.is_main_process(), max_iter, start_iter)
+    result: Dict[str, Any] = {}
 
-    def state(it: int) -> Dict[str, Any]:
-        return {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "iteration": it, "seed": seed, "num_classes": num_classes, "class_names": class_names,
-                "config": cfg.dump()}
-
-    def evaluate(it: int) -> Dict[str, Any]:
-        _sync_buffers(model)
+    def evaluate() -> Dict[str, float]:
+        it = trainer.iter + 1 if trainer.iter < max_iter else max_iter  # iterations done
         m = evaluate_classifier(model, test_data, batch_size=max(1, int(cfg.SACT_CLS.TEST.IMS_PER_BATCH) // world),
-                                tau=tau, device=device, num_workers=cfg.DATALOADER.NUM_WORKERS,
+                                tau=float(cfg.MODEL.SACT.TAU), device=device, num_workers=cfg.DATALOADER.NUM_WORKERS,
                                 max_images=int(cfg.SACT_CLS.DATA.MAX_TEST_IMAGES))
         if comm.is_main_process():
-            logger.info("evaluation at iteration %d:\n%s", it, format_metrics(m))
+            logger.info("evaluation after %d iterations:\n%s", it, format_metrics(m))
             write_metrics_json(m, os.path.join(out_dir, "inference", f"eval_{it:07d}.json"), {"iteration": it})
-            writer.scalars(it, {"eval/top1": m["top1"], "eval/top5": m["top5"], "eval/mean_loss": m["mean_loss"],
-                                "eval/flops_mean": m["flops_mean"], "eval/flops_std": m["flops_std"]})
-        return m
+        result.clear()
+        result.update(m)
+        return {f"eval/{k}": float(m[k]) for k in ("top1", "top5", "mean_loss", "flops_mean", "flops_std")}
 
-    it, metrics = start_iter, {}
-    try:
-        with _stop_on_signals() as flag:
-            while it < max_iter:
-                epoch, first = divmod(it, iters_per_epoch)
-                batches = epoch_batches(len(train_set), int(s.IMS_PER_BATCH), seed, epoch, rank, world)[first:]
-                loader = DataLoader(data, batch_sampler=batches, num_workers=cfg.DATALOADER.NUM_WORKERS)
-                model.train()
-                for images, labels in loader:
-                    images, labels = images.to(device), labels.to(device)
-                    losses, logits = _step(ddp, optimizer, scheduler, images, labels, cfg, it)
-                    it += 1
-                    if it % int(s.LOG_PERIOD) == 0 or it == max_iter:
-                        _log(writer, bar, it, losses, logits, labels, model, optimizer)
-                    bar.update(1)
-                    stop = _any_process(flag["stop"], device)
-                    if not stop and ((eval_period and it % eval_period == 0) or it == max_iter):
-                        metrics = evaluate(it)
-                    if comm.is_main_process() and (stop or it % ckpt_period == 0 or it == max_iter):
-                        name = f"model_{it:07d}" if it < max_iter else "model_final"
-                        save_checkpoint(out_dir, name, state(it), int(s.MAX_TO_KEEP))
-                    if stop:
-                        comm.synchronize()
-                        raise KeyboardInterrupt(f"stopped by a signal at iteration {it}; resume with --resume")
-                    if it >= max_iter:
-                        break
-        if not metrics:  # resumed a finished run
-            metrics = evaluate(it)
-    finally:
-        bar.close()
-        writer.close()
-    comm.synchronize()
-    return metrics
-
-
-def _step(ddp, optimizer, scheduler, images, labels, cfg, it: int):
-    """One SGD step on cross-entropy + the backbone's losses (classification_losses); returns (losses, logits)."""
-    logits = ddp(images)
-    losses = classification_losses(ddp, images, logits, labels, cfg, iteration=it)
-    loss = sum(losses.values())
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss became {loss.item()} at iteration {it}: {losses}")
-    optimizer.zero_grad(set_to_none=True)
-    loss.backward()
-    optimizer.step()
-    scheduler.step()
-    return losses, logits
-
-
-def _log(writer, bar, it: int, losses: Dict[str, torch.Tensor], logits, labels, model, optimizer) -> None:
-    values = {k: float(v.detach()) for k, v in losses.items()}
-    values["total_loss"] = sum(values.values())
-    values["train_top1"] = float((logits.argmax(1) == labels).float().mean())
-    values["lr"] = optimizer.param_groups[0]["lr"]
-    values.update(model.backbone.log_statistics())  # ponder/<stage>_mean, units/..., per family
-    if comm.is_main_process():
-        writer.scalars(it, values)
-        bar.set_postfix({k: f"{v:.3g}" for k, v in values.items() if "/" not in k})
-        if not bar.enabled:
-            logger.info("iter %d: %s", it, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
-
-
-class _Writer:
-    """TensorBoard (torch.utils.tensorboard) + metrics.json lines, main process only."""
-
-    def __init__(self, out_dir: str, enabled: bool) -> None:
-        self.enabled, self.tb, self.path = enabled, None, os.path.join(out_dir, "metrics.json")
-        if enabled:
+    with _stop_on_signals() as flag:
+        hook_list: List[hooks.HookBase] = [hooks.IterationTimer(), hooks.LRScheduler(optimizer, scheduler)]
+        if world > 1:
+            hook_list.append(AverageBuffers())
+        seed_hook = PerIterationSeed(seed)
+        hook_list += [seed_hook, StopOnSignal(flag, checkpointer, device),
+                      hooks.PeriodicCheckpointer(checkpointer, ckpt_period, max_iter=max_iter,
+                                                 max_to_keep=int(s.MAX_TO_KEEP) or None),
+                      hooks.EvalHook(eval_period, evaluate)]
+        if comm.is_main_process():
             os.makedirs(out_dir, exist_ok=True)
-            from torch.utils.tensorboard import SummaryWriter
+            writers = [CommonMetricPrinter(max_iter), JSONWriter(os.path.join(out_dir, "metrics.json")),
+                       TensorboardXWriter(os.path.join(out_dir, "tensorboard"))]
+            hook_list.append(hooks.PeriodicWriter(writers, period=int(s.LOG_PERIOD)))
+            if progress:
+                hook_list.append(ProgressBar())
+        trainer.register_hooks(hook_list)
 
-            self.tb = SummaryWriter(os.path.join(out_dir, "tensorboard"))
-
-    def scalars(self, it: int, values: Dict[str, float]) -> None:
-        if not self.enabled:
-            return
-        for k, v in values.items():
-            self.tb.add_scalar(k, v, it)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"iteration": it, **values}) + "\n")
-
-    def close(self) -> None:
-        if self.tb is not None:
-            self.tb.close()
-
-
-class _Bar:
-    def __init__(self, enabled: bool, total: int, initial: int) -> None:
-        self.enabled, self.tqdm = enabled, None
-        if enabled:
-            from tqdm import tqdm
-
-            self.tqdm = tqdm(total=total, initial=initial, desc="train", dynamic_ncols=True)
-
-    def update(self, n: int) -> None:
-        if self.tqdm is not None:
-            self.tqdm.update(n)
-
-    def set_postfix(self, d: Dict[str, str]) -> None:
-        if self.tqdm is not None:
-            self.tqdm.set_postfix(d, refresh=False)
-
-    def close(self) -> None:
-        if self.tqdm is not None:
-            self.tqdm.close()
-
-
-def _progress(enabled: bool, total: int, initial: int) -> _Bar:
-    return _Bar(enabled, total, initial)
+        if comm.is_main_process():
+            removed = remove_stale_temporaries(out_dir) if os.path.isdir(out_dir) else 0
+            if removed:
+                logger.info("removed %d stale checkpoint temporaries from %s", removed, out_dir)
+        comm.synchronize()
+        start_iter = 0
+        if resume and checkpointer.has_checkpoint():
+            state = checkpointer.resume_or_load("", resume=True)  # model, optimizer, scheduler, trainer (iter, hooks)
+            start_iter, seed = trainer.iter + 1, int(state["seed"])
+            loader.seed = seed
+            logger.info("resumed from %s at iteration %d", checkpointer.get_checkpoint_file(), start_iter)
+        elif cfg.MODEL.WEIGHTS:
+            load_classifier_weights(model, cfg.MODEL.WEIGHTS, reset_fc=cfg.SACT_CLS.RESET_FC)
+        loader.start_iter = start_iter
+        trainer.train(start_iter, max_iter)
+    comm.synchronize()
+    return dict(result)

@@ -70,7 +70,7 @@ def _num_classes(cfg: CfgNode, weights: str) -> int:
     fc = read_weights(weights)["model"].get("linear.weight")
     if fc is None:
         raise CheckpointError(f"{weights} has no classifier (linear.weight); pass SACT_CLS.NUM_CLASSES")
-    return int(fc.shape[0]) - int(bool(cfg.SACT_CLS.get("BACKGROUND_CLASS", False)))
+    return int(fc.shape[0]) - int(bool(cfg.SACT_CLS.BACKGROUND_CLASS))
 
 
 def load_drawing_classifier(cfg: CfgNode) -> AdaptiveClassifier:

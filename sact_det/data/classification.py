@@ -244,7 +244,7 @@ def build_transform(cfg, train: bool):
     the original networks' own preprocessing for cfg.MODEL.SACT.VARIANT original)."""
     import torchvision.transforms as T
 
-    if cfg.MODEL.SACT.get("VARIANT", "detectron2") == "original":
+    if cfg.MODEL.SACT.VARIANT == "original":
         return _original_transform(cfg, train)
     inp = cfg.SACT_CLS.INPUT
     size = int(inp.CROP_SIZE)
@@ -275,7 +275,7 @@ def build_classification_dataset(cfg, split: str, class_names: Optional[Sequence
             raise ClassificationDataError(f"{d.ROOT}: split {split!r} class names differ from the training split")
     else:
         raise ValueError(f"cfg.SACT_CLS.DATA.FORMAT must be 'cifar10' or 'imagenet', got {d.FORMAT!r}")
-    return ShiftedLabels(ds, 1) if cfg.SACT_CLS.get("BACKGROUND_CLASS", False) else ds
+    return ShiftedLabels(ds, 1) if cfg.SACT_CLS.BACKGROUND_CLASS else ds
 
 
 class ShiftedLabels(Dataset):

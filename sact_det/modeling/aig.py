@@ -21,6 +21,7 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
+from ..config.constants import STAGE_ORDER
 from ..config.families import add_aig_config
 from .flop_rules import conv_flops
 from .gates import (UnitSkippingResNet, built_stage_sizes, check_stage_list, pool_valid, residual_branch,
@@ -38,7 +39,6 @@ SEED_SCHEDULES = {
     "resnet101": lambda t: [1] * 8 + [t] * 25,
 }
 _SCHEDULE_BLOCKS = {"resnet50": [3, 4, 6, 3], "resnet101": [3, 4, 23, 3]}
-_STAGE_ORDER = ("res2", "res3", "res4", "res5")
 TEST_GATE_MODES = ("threshold", "sample")
 
 
@@ -46,14 +46,14 @@ def seed_schedule(name: str, t: float, blocks_per_stage: Dict[str, int], stages:
     """The seed's schedule ``name`` at ``t``, restricted to the units of ``stages`` (res2..res5 order)."""
     if name not in SEED_SCHEDULES:
         raise ValueError(f"cfg.MODEL.AIG.SCHEDULE must be '', 'resnet50' or 'resnet101', got {name!r}")
-    expected = dict(zip(_STAGE_ORDER, _SCHEDULE_BLOCKS[name]))
+    expected = dict(zip(STAGE_ORDER, _SCHEDULE_BLOCKS[name]))
     for s in stages:
         if blocks_per_stage.get(s) != expected[s]:
             raise ValueError(f"cfg.MODEL.AIG.SCHEDULE={name!r} expects {expected[s]} units in {s}, this backbone has "
                              f"{blocks_per_stage.get(s)} (check cfg.MODEL.RESNETS.DEPTH)")
     rates, start = SEED_SCHEDULES[name](float(t)), 0
     picked: List[float] = []
-    for s in _STAGE_ORDER:
+    for s in STAGE_ORDER:
         n = expected[s]
         if s in stages:
             picked.extend(float(r) for r in rates[start:start + n])

@@ -5,9 +5,10 @@ adaptive stage has an extra ``halting`` submodule. The first unit of a stage run
 l >= 1 runs where the position has not halted (masked dense path in training, optionally
 gather/scatter at inference). With halting disabled the output equals detectron2's ResNet.
 """
+import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from detectron2.layers import ShapeSpec
@@ -15,12 +16,13 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
+from ..config.constants import EXECUTION_MODES
 from ..config.defaults import validate_sact_cfg
 from . import sparse
 from .act import HaltingState, capturing_graph
 from .contract import AdaptiveBackbone
 from .flops import backbone_flops
-from .fold import fold_block, folded_block_forward
+from .fold import dense_folded_forward, fold_block
 from .halting import build_halting
 from .ponder_maps import sum_ponder_maps
 from .resnets import make_resnet_stages
@@ -60,9 +62,8 @@ class SACTStage(nn.Sequential):
         self.execution = "dense"
         self.sparse_max_density = 1.0
         self.last: Optional[StagePonder] = None
-        # sparse / auto inference only: run unit l >= 1 on replay_masks[l - 1] (B,1,H,W) bool instead of the
-        # halting masks (tools/benchmark_sparse.py replays a trained model's masks at other widths)
-        self.replay_masks: Optional[List[torch.Tensor]] = None
+        # set only by SACTResNet.replay_masks (sparse / auto inference): unit l >= 1 runs on [l - 1] instead
+        self._replay: Optional[List[torch.Tensor]] = None
         for block in blocks[:-1]:
             block.add_module("halting", build_halting(mode, block.out_channels, norm, kernel_size, bias_init,
                                                       **(halting_kwargs or {})))
@@ -86,11 +87,11 @@ class SACTStage(nn.Sequential):
             and not x.is_contiguous() else torch.contiguous_format
         masks: List[torch.Tensor] = []
         x = x.contiguous(memory_format=torch.channels_last)
-        x = folded_block_forward(sparse.cached_fold(self[0], fold_block), x)
+        x = dense_folded_forward(sparse.cached_fold(self[0], fold_block), x)
         per_image = self.sparse_max_density if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active = None
-        replay = self.replay_masks
+        replay = self._replay
         for index, block in enumerate(self):
             if index > 0:
                 active = state.active if replay is None else (replay[index - 1] if index - 1 < len(replay) else None)
@@ -251,7 +252,7 @@ class SACTResNet(ResNet, AdaptiveBackbone):
                                                      for n in self.adaptive_stages):
             return super().forward(x)
         x = x.contiguous(memory_format=torch.channels_last)
-        x = folded_block_forward(sparse.cached_fold(self.stem, fold_block), x)
+        x = dense_folded_forward(sparse.cached_fold(self.stem, fold_block), x)
         outputs = {"stem": x} if "stem" in self._out_features else {}
         for name, stage in zip(self.stage_names, self.stages):
             x = stage(x)
@@ -298,13 +299,33 @@ class SACTResNet(ResNet, AdaptiveBackbone):
 
     def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
         """Switch the inference path of every adaptive stage: dense | sparse | auto."""
-        if execution not in sparse.EXECUTION_MODES:
-            raise ValueError(f"execution must be one of {sparse.EXECUTION_MODES}, got {execution!r}")
+        if execution not in EXECUTION_MODES:
+            raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
         for name in self.adaptive_stages:
             stage = getattr(self, name)
             stage.execution = execution
             if sparse_max_density is not None:
                 stage.sparse_max_density = sparse_max_density
+
+    @contextlib.contextmanager
+    def replay_masks(self, masks: Mapping[str, Sequence[torch.Tensor]]) -> Iterator["SACTResNet"]:
+        """Inside the block, units l >= 1 of adaptive stage ``name`` run on ``masks[name][l - 1]`` ((B,1,H,W)
+        or (B,1,1,1) bool; units past the list run nowhere) instead of the halting masks; the halting
+        scores are still computed and weight the outputs. Sparse / auto execution only (e.g. a trained
+        model's masks, from ``last_ponder[name].masks``, replayed on a network of other widths)."""
+        if all(getattr(self, n).execution == "dense" for n in self.adaptive_stages):
+            raise RuntimeError("replay_masks acts on the sparse / auto path: call set_execution('sparse' | 'auto')")
+        missing = [n for n in self.adaptive_stages if n not in masks]
+        if missing:
+            raise KeyError(f"replay_masks: no masks for adaptive stages {missing}")
+        stages = [getattr(self, n) for n in self.adaptive_stages]
+        for name, stage in zip(self.adaptive_stages, stages):
+            stage._replay = list(masks[name])
+        try:
+            yield self
+        finally:
+            for stage in stages:
+                stage._replay = None
 
     def freeze(self, freeze_at: int = 0) -> "SACTResNet":
         """Freeze the stem (freeze_at >= 1) and the first freeze_at - 1 stages; halting stays trainable."""

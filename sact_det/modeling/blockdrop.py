@@ -19,6 +19,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 from torch import nn
 
+from ..config.constants import STAGE_ORDER
 from ..config.families import add_blockdrop_config
 from .flop_rules import dense_resnet_flops, linear_flops
 from .gates import UnitSkippingResNet, built_stage_sizes, check_stage_list, residual_branch, shortcut_branch
@@ -109,7 +110,7 @@ class PolicyNet(nn.Module):
             stages.append(ResNet.make_stage(BasicBlock, 1, stride_per_block=[1 if i == 0 else 2], in_channels=in_ch,
                                             out_channels=out_ch, norm=norm))
             in_ch = out_ch
-        names = ["res2", "res3", "res4", "res5"][: len(widths)]
+        names = list(STAGE_ORDER[: len(widths)])
         self.features = ResNet(stem, stages, out_features=[names[-1]])
         self.out_name = names[-1]
         self.logit = nn.Linear(widths[-1], num_units)

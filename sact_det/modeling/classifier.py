@@ -23,8 +23,8 @@ from ..config.defaults import validate_sact_cfg
 from .aig import aig_from_parts
 from .backbone import SACTResNet, StagePonder
 from .blockdrop import blockdrop_from_parts
-from .flop_rules import dense_resnet_flops, linear_flops
-from .flops import stage_flops, stem_flops
+from .flop_rules import dense_resnet_flops, linear_flops, stem_flops
+from .flops import stage_flops
 from .halting import variance_scaling_
 from .original_cifar import CIFAR_BN_EPS, CIFAR_BN_MOMENTUM, build_original_cifar_resnet
 from .original_layers import lrelu, original_norm

@@ -16,6 +16,8 @@ from typing import Dict
 import torch
 from torch import nn
 
+from .backbone import SACTResNet
+
 __all__ = ["PonderOutputs"]
 
 
@@ -30,8 +32,9 @@ class PonderOutputs(nn.Module):
 
     def __init__(self, backbone: nn.Module) -> None:
         super().__init__()
-        if not hasattr(backbone, "last_ponder"):
-            raise TypeError(f"PonderOutputs needs a SACT backbone with `last_ponder`, got {type(backbone).__name__}")
+        if not isinstance(backbone, SACTResNet):  # the SACT / ACT family (MODE none: no ponder outputs)
+            raise TypeError(f"PonderOutputs needs a SACTResNet (SACT / ACT family, with `last_ponder`), "
+                            f"got {type(backbone).__name__}")
         self.backbone = backbone
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:

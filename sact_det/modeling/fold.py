@@ -1,8 +1,10 @@
 """Fold the (frozen / eval-mode) BatchNorm of a detectron2 residual unit into its convolutions.
 
-The folded unit is what both inference paths run: ``dense_folded_forward`` (the fair dense
-baseline, ``F.conv2d`` on the whole map) and the gather -> GEMM -> scatter kernels of
-:mod:`sact_det.modeling.sparse`. Folding is exact up to fp32 round-off:
+One folded form, :class:`FoldedUnit` of :class:`FoldedConv`: :func:`fold_block` folds any stem / unit
+(any stride, projection shortcut), which ``dense_folded_forward`` runs with ``F.conv2d``;
+:func:`fold_unit` folds a unit l >= 1 of a stage (identity shortcut, stride 1), which also runs
+in the gather -> GEMM -> scatter kernels of :mod:`sact_det.modeling.sparse`. :func:`fold_norms`
+folds every norm of a whole detectron2 model (a dense baseline). Folding is exact up to fp32 round-off:
 ``BN(conv(x)) = conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
 """
 from dataclasses import dataclass, field
@@ -15,50 +17,67 @@ from torch import nn
 from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
 
-__all__ = ["FoldedConv", "FoldedUnit", "fold_conv", "fold_unit", "dense_folded_forward",
-           "FoldedDenseConv", "FoldedBlock", "folded_weight_bias", "fold_dense_conv", "fold_block",
-           "folded_block_forward"]
+__all__ = ["FoldedConv", "FoldedUnit", "fold_conv", "fold_unit", "fold_block", "dense_folded_forward",
+           "folded_weight_bias", "fold_norms"]
 
 
-@dataclass
 class FoldedConv:
-    """One convolution with its normalization folded in.
+    """One square convolution (any stride, symmetric padding) with its normalization folded in.
 
     ``mat``: the GEMM layout (C_out, k*k*C_in/groups), ordered (ky, kx, c_in) so that it multiplies
-    channel-last im2col rows; ``bias``: (C_out,). :attr:`weight` is the (C_out, C_in/groups, k, k)
-    layout for ``F.conv2d``: a view of ``mat`` for 1x1 convs, built on first use for kxk ones (so
-    a cached fold that never runs densely holds one copy of the weights).
+    channel-last im2col rows; :attr:`weight`: the (C_out, C_in/groups, k, k) layout for ``F.conv2d``;
+    ``bias``: (C_out,). A fold holds the layout it was made in (``fold_conv(layout=...)``) and builds
+    the other on first use (a view for 1x1 convs), so a fold that runs only one way holds one copy.
     """
 
-    mat: torch.Tensor
-    bias: torch.Tensor
-    kernel_size: int
-    padding: int
-    dilation: int
-    groups: int
-    _dense: Optional[torch.Tensor] = None
+    def __init__(self, bias: torch.Tensor, kernel_size: int, padding: int, dilation: int, groups: int,
+                 stride: int = 1, *, mat: Optional[torch.Tensor] = None, weight: Optional[torch.Tensor] = None):
+        if (mat is None) == (weight is None):
+            raise ValueError("FoldedConv: give exactly one of mat and weight")
+        self.bias, self.kernel_size, self.padding, self.dilation = bias, kernel_size, padding, dilation
+        self.groups, self.stride = groups, stride
+        self._mat, self._dense = mat, weight
+
+    @property
+    def mat(self) -> torch.Tensor:
+        if self._mat is None:
+            self._mat = self._dense.permute(0, 2, 3, 1).reshape(self._dense.shape[0], -1).contiguous()
+        return self._mat
 
     @property
     def weight(self) -> torch.Tensor:
         k = self.kernel_size
-        if k == 1:
-            return self.mat.view(self.mat.shape[0], -1, 1, 1)
         if self._dense is None:
-            self._dense = self.mat.view(self.mat.shape[0], k, k, -1).permute(0, 3, 1, 2).contiguous()
+            if k == 1:
+                return self._mat.view(self._mat.shape[0], -1, 1, 1)
+            self._dense = self._mat.view(self._mat.shape[0], k, k, -1).permute(0, 3, 1, 2).contiguous()
         return self._dense
+
+    def to(self, dtype: torch.dtype) -> "FoldedConv":
+        """A copy with weights and bias in ``dtype`` (the layout it holds)."""
+        held = {"mat": self._mat.to(dtype)} if self._mat is not None else {"weight": self._dense.to(dtype)}
+        return FoldedConv(self.bias.to(dtype), self.kernel_size, self.padding, self.dilation, self.groups,
+                          self.stride, **held)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """``F.conv2d`` with the folded weights: x (B,C_in,H,W) -> (B,C_out,H',W')."""
+        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
 
 
 @dataclass
 class FoldedUnit:
-    """A residual unit with identity shortcut and stride 1, BN folded (eval only).
+    """A stem or residual unit with BN folded (eval only).
 
-    kind: "bottleneck" (convs = [1x1, 3x3, 1x1]) or "basic" (convs = [3x3, 3x3]).
-    Output: relu(convs[-1](... relu(convs[0](x))) + x).
+    kind: "stem" (convs = [conv1]; then relu, 3x3/2 max pool), "bottleneck" (convs = [1x1, 3x3, 1x1])
+    or "basic" (convs = [3x3, 3x3]); shortcut: the projection conv, None for identity. A unit:
+    relu(convs[-1](... relu(convs[0](x))) + shortcut(x)). From :func:`fold_unit` (identity shortcut,
+    stride 1: the sparse kernels can run it) or :func:`fold_block` (any).
     """
 
     kind: str
     convs: List[FoldedConv]
     channels: int
+    shortcut: Optional[FoldedConv] = None
     _casts: Dict[torch.dtype, "FoldedUnit"] = field(default_factory=dict, repr=False, compare=False)
 
     def to_dtype(self, dtype: torch.dtype) -> "FoldedUnit":
@@ -68,13 +87,12 @@ class FoldedUnit:
         ``torch.autocast`` they run in the activations' dtype (bf16 / fp16) with the fp32 fold
         rounded to it, as autocast rounds the weights of a dense conv.
         """
-        if self.convs[0].mat.dtype == dtype:
+        if self.convs[0].bias.dtype == dtype:
             return self
         hit = self._casts.get(dtype)
         if hit is None:
-            convs = [FoldedConv(c.mat.to(dtype), c.bias.to(dtype), c.kernel_size, c.padding, c.dilation, c.groups)
-                     for c in self.convs]
-            hit = self._casts[dtype] = FoldedUnit(self.kind, convs, self.channels)
+            hit = self._casts[dtype] = FoldedUnit(self.kind, [c.to(dtype) for c in self.convs], self.channels,
+                                                  None if self.shortcut is None else self.shortcut.to(dtype))
         return hit
 
 
@@ -112,110 +130,90 @@ def folded_weight_bias(conv: nn.Conv2d, where: str, what: str) -> Tuple[torch.Te
     return w * scale.view(-1, 1, 1, 1), shift.contiguous()
 
 
-def fold_conv(conv: nn.Conv2d, where: str = "conv") -> FoldedConv:
-    """Fold ``conv.norm`` (detectron2 ``Conv2d``) into weight and bias; see :class:`FoldedConv`."""
-    k = conv.kernel_size
-    if k[0] != k[1] or conv.stride != (1, 1) or conv.padding[0] != conv.dilation[0] * (k[0] // 2) \
-            or conv.padding != (conv.padding[0],) * 2 or conv.dilation != (conv.dilation[0],) * 2:
-        raise ValueError(f"fold_unit: {where} must be a square, stride-1, 'same'-padded conv; got kernel "
-                         f"{k}, stride {conv.stride}, padding {conv.padding}, dilation {conv.dilation}")
-    w, shift = folded_weight_bias(conv, where, "fold_unit")
-    mat = w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()
-    return FoldedConv(mat, shift, k[0], conv.padding[0], conv.dilation[0], conv.groups)
+def fold_conv(conv: nn.Conv2d, where: str = "conv", layout: str = "gemm") -> FoldedConv:
+    """Fold ``conv.norm`` (detectron2 ``Conv2d``) into a copy of weight and bias; see :class:`FoldedConv`.
+    ``layout``: "gemm" (sparse kernels) or "dense" (``F.conv2d``) held."""
+    k, st, pad, dil = conv.kernel_size, conv.stride, conv.padding, conv.dilation
+    if k[0] != k[1] or any(t != (t[0],) * 2 for t in (st, pad, dil)):
+        raise ValueError(f"fold_conv: {where} must be a square conv with equal strides / padding / dilation; got "
+                         f"kernel {k}, stride {st}, padding {pad}, dilation {dil}")
+    w, shift = folded_weight_bias(conv, where, "fold_unit" if layout == "gemm" else "fold_block")
+    held = {"mat": w.permute(0, 2, 3, 1).reshape(w.shape[0], -1).contiguous()} if layout == "gemm" \
+        else {"weight": w.contiguous()}
+    return FoldedConv(shift, k[0], pad[0], dil[0], conv.groups, st[0], **held)
+
+
+def _unit_layout(block: nn.Module, what: str) -> Tuple[str, Tuple[str, ...]]:
+    if isinstance(block, BottleneckBlock):
+        return "bottleneck", ("conv1", "conv2", "conv3")
+    if isinstance(block, BasicBlock):
+        return "basic", ("conv1", "conv2")
+    raise TypeError(f"{what}: expected a detectron2 BasicStem / BottleneckBlock / BasicBlock, got {type(block).__name__}")
+
+
+def fold_block(block: nn.Module) -> FoldedUnit:
+    """Fold a detectron2 ``BasicStem`` / ``BottleneckBlock`` / ``BasicBlock`` (any stride, any shortcut) for
+    :func:`dense_folded_forward`."""
+    from detectron2.modeling.backbone.resnet import BasicStem
+
+    if isinstance(block, BasicStem):
+        conv = fold_conv(block.conv1, "stem.conv1", layout="dense")
+        return FoldedUnit("stem", [conv], int(conv.bias.shape[0]))
+    kind, names = _unit_layout(block, "fold_block")
+    convs = [fold_conv(getattr(block, n), n, layout="dense") for n in names]
+    shortcut = None if block.shortcut is None else fold_conv(block.shortcut, "shortcut", layout="dense")
+    return FoldedUnit(kind, convs, int(convs[-1].bias.shape[0]), shortcut)
 
 
 def fold_unit(block: nn.Module) -> FoldedUnit:
-    """Fold a detectron2 ``BottleneckBlock`` / ``BasicBlock`` (identity shortcut, stride 1) for inference."""
-    name = type(block).__name__
+    """Fold a detectron2 ``BottleneckBlock`` / ``BasicBlock`` with identity shortcut and stride 1 (a unit
+    l >= 1 of a stage) for the sparse kernels and :func:`dense_folded_forward`."""
     if not isinstance(block, (BottleneckBlock, BasicBlock)):
-        raise TypeError(f"fold_unit: expected detectron2 BottleneckBlock or BasicBlock, got {name}")
+        raise TypeError(f"fold_unit: expected detectron2 BottleneckBlock or BasicBlock, got {type(block).__name__}")
+    name = type(block).__name__
     if block.shortcut is not None or block.stride != 1:
         raise ValueError(f"fold_unit: {name} has a projection shortcut or stride {block.stride}; only units "
                          "l >= 1 of a stage (identity shortcut, stride 1) can run sparsely")
-    if isinstance(block, BottleneckBlock):
-        kind, names = "bottleneck", ("conv1", "conv2", "conv3")
-        if block.conv1.kernel_size != (1, 1) or block.conv3.kernel_size != (1, 1):
-            raise ValueError(f"fold_unit: unexpected BottleneckBlock layout {block}")
-    else:
-        kind, names = "basic", ("conv1", "conv2")
-        if block.conv1.groups != 1 or block.conv1.dilation != (1, 1):
-            raise ValueError(f"fold_unit: unexpected BasicBlock layout {block}")
+    kind, names = _unit_layout(block, "fold_unit")
+    if kind == "bottleneck" and (block.conv1.kernel_size != (1, 1) or block.conv3.kernel_size != (1, 1)):
+        raise ValueError(f"fold_unit: unexpected BottleneckBlock layout {block}")
+    if kind == "basic" and (block.conv1.groups != 1 or block.conv1.dilation != (1, 1)):
+        raise ValueError(f"fold_unit: unexpected BasicBlock layout {block}")
+    for n in names:
+        c = getattr(block, n)
+        if c.stride != (1, 1) or c.padding[0] != c.dilation[0] * (c.kernel_size[0] // 2):
+            raise ValueError(f"fold_unit: {n} must be a square, stride-1, 'same'-padded conv; got kernel "
+                             f"{c.kernel_size}, stride {c.stride}, padding {c.padding}, dilation {c.dilation}")
     convs = [fold_conv(getattr(block, n), where=n) for n in names]
     if convs[0].groups != 1 or convs[-1].groups != 1:
         raise ValueError(f"fold_unit: only the middle 3x3 conv of a bottleneck may be grouped ({name})")
     return FoldedUnit(kind, convs, int(convs[-1].mat.shape[0]))
 
 
-def _conv(c: FoldedConv, x: torch.Tensor) -> torch.Tensor:
-    return F.conv2d(x, c.weight, c.bias, 1, c.padding, c.dilation, c.groups)
-
-
 def dense_folded_forward(folded: FoldedUnit, x: torch.Tensor) -> torch.Tensor:
-    """The unit at every position with BN folded: x (B,C,H,W) -> (B,C,H,W). The fair dense baseline."""
+    """What the unfolded stem / unit computes (up to fp32 round-off), at every position: x (B,C,H,W) ->
+    (B,C',H',W'). For a unit l >= 1, the fair dense baseline of the sparse kernels."""
+    if folded.kind == "stem":
+        return F.max_pool2d(folded.convs[0](x).relu_(), kernel_size=3, stride=2, padding=1)
     h = x
     for c in folded.convs[:-1]:
-        h = _conv(c, h).relu_()
-    h = _conv(folded.convs[-1], h)
-    return h.add_(x).relu_()
-
-
-@dataclass
-class FoldedDenseConv:
-    """Any detectron2 ``Conv2d`` with its norm folded: ``F.conv2d`` arguments. weight (C_out, C_in/g, k, k)."""
-
-    weight: torch.Tensor
-    bias: torch.Tensor
-    stride: Tuple[int, int]
-    padding: Tuple[int, int]
-    dilation: Tuple[int, int]
-    groups: int
-
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(x, self.weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
-
-
-@dataclass
-class FoldedBlock:
-    """A stem or residual unit of any stride / shortcut with BN folded (runs densely, eval only).
-
-    kind: "stem" (conv1 -> relu -> 3x3/2 max pool), "bottleneck" or "basic"; shortcut: the
-    projection conv, or None for identity.
-    """
-
-    kind: str
-    convs: List[FoldedDenseConv]
-    shortcut: Optional[FoldedDenseConv]
-
-
-def fold_dense_conv(conv: nn.Conv2d, where: str = "conv") -> FoldedDenseConv:
-    """Fold ``conv.norm`` into a copy of the weights; keeps stride / padding / dilation / groups."""
-    w, shift = folded_weight_bias(conv, where, "fold_block")
-    return FoldedDenseConv(w.contiguous(), shift, conv.stride, conv.padding, conv.dilation, conv.groups)
-
-
-def fold_block(block: nn.Module) -> FoldedBlock:
-    """Fold a detectron2 ``BasicStem`` / ``BottleneckBlock`` / ``BasicBlock`` (any stride, any shortcut)."""
-    from detectron2.modeling.backbone.resnet import BasicStem
-
-    if isinstance(block, BasicStem):
-        return FoldedBlock("stem", [fold_dense_conv(block.conv1, "stem.conv1")], None)
-    if isinstance(block, BottleneckBlock):
-        kind, names = "bottleneck", ("conv1", "conv2", "conv3")
-    elif isinstance(block, BasicBlock):
-        kind, names = "basic", ("conv1", "conv2")
-    else:
-        raise TypeError(f"fold_block: expected a detectron2 BasicStem / BottleneckBlock / BasicBlock, "
-                        f"got {type(block).__name__}")
-    shortcut = None if block.shortcut is None else fold_dense_conv(block.shortcut, "shortcut")
-    return FoldedBlock(kind, [fold_dense_conv(getattr(block, n), n) for n in names], shortcut)
-
-
-def folded_block_forward(fb: FoldedBlock, x: torch.Tensor) -> torch.Tensor:
-    """What the unfolded stem / unit computes (up to fp32 round-off): x (B,C,H,W) -> (B,C',H',W')."""
-    if fb.kind == "stem":
-        return F.max_pool2d(fb.convs[0](x).relu_(), kernel_size=3, stride=2, padding=1)
-    h = x
-    for c in fb.convs[:-1]:
         h = c(h).relu_()
-    h = fb.convs[-1](h)
-    return h.add_(x if fb.shortcut is None else fb.shortcut(x)).relu_()
+    h = folded.convs[-1](h)
+    return h.add_(x if folded.shortcut is None else folded.shortcut(x)).relu_()
+
+
+def fold_norms(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (eval only) in which every detectron2 ``Conv2d`` has its norm folded into its
+    weight and bias (``norm`` removed): the same function up to fp32 round-off, e.g. a faster dense baseline."""
+    import copy
+
+    from detectron2.layers import Conv2d
+
+    model = copy.deepcopy(model)
+    for name, m in model.named_modules():
+        if isinstance(m, Conv2d) and m.norm is not None:
+            w, b = folded_weight_bias(m, name, "fold_norms")
+            m.weight = nn.Parameter(w.contiguous(), requires_grad=False)
+            m.bias = nn.Parameter(b, requires_grad=False)
+            m.norm = None
+    return model

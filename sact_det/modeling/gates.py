@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
+from ..config.constants import STAGE_ORDER
 from .contract import AdaptiveBackbone
 from .flop_rules import stem_flops, unit_flops
 
@@ -85,7 +86,7 @@ def pool_valid(x: torch.Tensor, image_sizes: Optional[Sequence[Sequence[int]]], 
 
 def built_stage_sizes(stages: Sequence[Sequence[nn.Module]], out_features: Sequence[str]) -> Dict[str, int]:
     """Stage name -> number of units, for the stages detectron2's ResNet keeps for ``out_features``."""
-    order = ("res2", "res3", "res4", "res5")
+    order = STAGE_ORDER
     n = max([order.index(f) + 1 for f in out_features if f in order] or [len(stages)])
     return {name: len(units) for name, units in zip(order[:n], stages)}
 
@@ -122,11 +123,6 @@ class UnitSkippingResNet(ResNet, AdaptiveBackbone):
         self.skip_stages = [s for s in self.stage_names if s in skip_stages]
         self.unit_names: List[str] = [f"{s}.{j}" for s in self.skip_stages for j in range(len(getattr(self, s)))]
         self.last_executed: Dict[str, torch.Tensor] = {}
-
-    @property
-    def mode(self) -> str:
-        """The family name (what SACTResNet calls its MODE)."""
-        return self.family
 
     # -- subclass hooks -------------------------------------------------------------------------
     def _decide(self, name: str, block: nn.Module, x: torch.Tensor, stride: int) -> Optional[torch.Tensor]:

@@ -26,6 +26,7 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
+from ..config.constants import STAGE_ORDER
 from ..config.defaults import validate_sact_cfg
 from .backbone import SACTResNet
 from .halting import variance_scaling_
@@ -156,7 +157,7 @@ def original_halting_kwargs(cfg, bn_eps: float, bn_momentum: Optional[float], ac
 
 
 def build_original_resnet_v2(cfg, *, input_channels: int = 3,
-                             out_features: Sequence[str] = ("res2", "res3", "res4", "res5"),
+                             out_features: Sequence[str] = STAGE_ORDER,
                              freeze_at: int = 0) -> OriginalSACTResNet:
     """The ImageNet pre-activation ResNet v2 of the original code with cfg.MODEL.SACT halting.
 

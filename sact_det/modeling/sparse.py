@@ -17,6 +17,7 @@ from typing import Callable, Tuple
 import torch
 from torch import nn
 
+from ..config.constants import EXECUTION_MODES, SPARSE_MAX_DENSITY  # re-exported: defined once there
 from .fold import FoldedUnit, dense_folded_forward, fold_unit
 from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
 
@@ -25,10 +26,6 @@ __all__ = [
     "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
 ]
 
-# Break-even active fraction of the in-place gather kernel vs. the dense folded unit (channels-last), measured by
-# tools/benchmark_sparse.py (res4 bottleneck, 1x1024x50x84, fp32, 2 threads, blob masks).
-SPARSE_MAX_DENSITY = 0.75
-EXECUTION_MODES = ("dense", "sparse", "auto")
 
 
 _FOLD_CACHE: "weakref.WeakKeyDictionary[nn.Module, Tuple[tuple, object]]" = weakref.WeakKeyDictionary()
@@ -55,6 +52,8 @@ def release_folds(module: nn.Module) -> None:
 def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:
     if not isinstance(folded, FoldedUnit):
         raise TypeError(f"sparse_unit_forward: expected a FoldedUnit (see fold_unit), got {type(folded).__name__}")
+    if folded.kind == "stem" or folded.shortcut is not None or any(c.stride != 1 for c in folded.convs):
+        raise ValueError("sparse_unit_forward: needs a unit with identity shortcut and stride 1 (fold_unit)")
     if x.dim() != 4 or x.shape[1] != folded.channels:
         raise ValueError(f"sparse_unit_forward: x must be (B,{folded.channels},H,W), got {tuple(x.shape)}")
     if active.dtype != torch.bool or active.dim() != 4 or active.shape[:2] != (x.shape[0], 1) \
