@@ -9,7 +9,7 @@ import functools
 import importlib.util
 import re
 from pathlib import Path
-from typing import Iterator, List, Optional, Tuple
+from typing import Dict, Iterable, Iterator, List, Optional, Tuple
 
 
 @functools.lru_cache(maxsize=None)
@@ -84,6 +84,20 @@ def modules_matching(top: str, literal: str, pattern: str) -> List[str]:
     regex = re.compile(pattern)
     return [m for m in package_modules(top)
             if literal in (module_source(m) or "") and regex.search(module_source(m) or "")]
+
+
+def modules_reading(top: str, base: str, names: Iterable[str]) -> Dict[str, List[str]]:
+    """{module: [name, ...]} for the modules below `top` that read `<base>.<name>` for one of `names`
+    (e.g. base "np", names ["int", "float"]); a regex pre-filter, then the AST decides."""
+    names = list(names)
+    found = {}
+    pattern = r"\b%s\.(%s)\b" % (re.escape(base), "|".join(map(re.escape, names)))
+    for module in modules_matching(top, base + ".", pattern):
+        tree = module_tree(module)
+        used = [a for a in attribute_uses(tree, base) if a in names] if tree is not None else []
+        if used:
+            found[module] = used
+    return found
 
 
 # ---------------------------------------------------------------- AST queries

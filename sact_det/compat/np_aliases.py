@@ -25,18 +25,6 @@ def missing_aliases() -> Dict[str, type]:
         return {k: v for k, v in _REMOVED.items() if not hasattr(numpy, k)}
 
 
-def modules_using(aliases: Dict[str, type], top: str = "detectron2") -> Dict[str, List[str]]:
-    """{module: [alias, ...]} for the modules below `top` that read `np.<alias>` for an alias."""
-    found = {}
-    pattern = r"\bnp\.(%s)\b" % "|".join(aliases)
-    for name in _source.modules_matching(top, "np.", pattern):
-        tree = _source.module_tree(name)
-        used = [a for a in _source.attribute_uses(tree, "np") if a in aliases] if tree else []
-        if used:
-            found[name] = used
-    return found
-
-
 def numpy_with_aliases() -> types.ModuleType:
     """A module object that behaves as numpy and also has the removed aliases."""
     view = types.ModuleType("numpy", numpy.__doc__)
@@ -54,7 +42,7 @@ def _patch(module: types.ModuleType) -> None:
 def apply() -> List[Patch]:
     """Register the per-module numpy view where a module uses an alias this numpy lacks."""
     missing = missing_aliases()
-    users = modules_using(missing) if missing else {}
+    users = _source.modules_reading("detectron2", "np", missing) if missing else {}
     if not users:
         return []
     for name in users:

@@ -12,16 +12,6 @@ from ._registry import Patch, record
 REMOVED = {"LINEAR": "BILINEAR"}  # Pillow < 10 alias -> the name it stood for
 
 
-def modules_using(names: List[str], top: str = "detectron2") -> List[str]:
-    """Modules below `top` that read `Image.<name>` for one of `names`."""
-    found = []
-    for module in _source.modules_matching(top, "Image.", r"\bImage\.(%s)\b" % "|".join(names)):
-        tree = _source.module_tree(module)
-        if tree is not None and set(_source.attribute_uses(tree, "Image")) & set(names):
-            found.append(module)
-    return found
-
-
 def _alias_during_import() -> Optional[Callable[[], None]]:
     from PIL import Image
 
@@ -43,7 +33,7 @@ def apply() -> List[Patch]:
     from PIL import Image
 
     missing = [k for k in REMOVED if not hasattr(Image, k)]
-    users = not_yet_imported(modules_using(missing)) if missing else []
+    users = not_yet_imported(list(_source.modules_reading("detectron2", "Image", missing))) if missing else []
     if not users:
         return []
     for module in users:
