@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from sact_det.modeling.act import HaltingState
+from sact_det.modeling.halting.state import HaltingState
 
 
 def _run(h_list, x_list, eps=0.01):

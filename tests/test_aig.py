@@ -9,11 +9,11 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
-import sact_det.modeling.aig  # noqa: F401  (registers the backbone and cfg.MODEL.AIG)
-import sact_det.modeling.blockdrop_rcnn  # noqa: F401
-from sact_det.modeling.aig import (AIGResNet, gumbel_gate, resolve_target_rates, seed_schedule, target_rate_loss,
+import sact_det.modeling.skipping.aig  # noqa: F401  (registers the backbone and cfg.MODEL.AIG)
+import sact_det.modeling.skipping.blockdrop_rcnn  # noqa: F401
+from sact_det.modeling.skipping.aig import (AIGResNet, gumbel_gate, resolve_target_rates, seed_schedule, target_rate_loss,
                                    threshold_gate)
-from sact_det.modeling.gates import pool_valid
+from sact_det.modeling.skipping.base import pool_valid
 from tests.helpers import detection_inputs, fvcore_flops, randomize_bn, tiny_cfg
 
 

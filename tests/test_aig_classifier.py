@@ -5,8 +5,8 @@ import torch
 
 from sact_det.classification import get_classification_cfg
 from sact_det.classification.losses import classification_losses, prepare_classifier_training
-from sact_det.modeling.blockdrop import BlockDropResNet
-from sact_det.modeling.classifier import build_classifier
+from sact_det.modeling.skipping.blockdrop import BlockDropResNet
+from sact_det.modeling.meta_arch.classifier import build_classifier
 from tests.test_classification_model import one_thread  # noqa: F401  (autouse fixture)
 
 FAMILIES = {"aig": "build_aig_resnet_backbone", "blockdrop": "build_blockdrop_resnet_backbone"}

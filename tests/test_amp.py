@@ -12,13 +12,13 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Boxes, Instances
 from detectron2.utils.events import EventStorage
 
-from sact_det.modeling import sparse_halting as sparse_halting_module
-from sact_det.modeling.act import HaltingState
-from sact_det.modeling.flops import backbone_flops
-from sact_det.modeling.halting import SpatialHalting
-from sact_det.modeling.backbone import ponder_loss
-from sact_det.modeling.sparse import cached_fold, sparse_unit_forward
-from sact_det.modeling.sparse_halting import masked_accumulate_, sparse_halting
+from sact_det.modeling.execution import sparse_halting as sparse_halting_module
+from sact_det.modeling.halting.state import HaltingState
+from sact_det.modeling.sact.flops import backbone_flops
+from sact_det.modeling.halting.branches import SpatialHalting
+from sact_det.modeling.sact.backbone import ponder_loss
+from sact_det.modeling.execution.sparse import cached_fold, sparse_unit_forward
+from sact_det.modeling.execution.sparse_halting import masked_accumulate_, sparse_halting
 from tests.helpers import randomize_bn, tiny_cfg
 from tests.test_sparse_backbone import _halt_partially
 from tests.test_sparse_halting import _active, _halting

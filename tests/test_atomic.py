@@ -6,7 +6,7 @@ import stat
 import pytest
 import torch
 
-from sact_det.classification.checkpoint import last_checkpoint, save_checkpoint
+from sact_det.classification.checkpoint import ClassifierCheckpointer, last_checkpoint
 from sact_det.classification.export import write_d2_pkl
 from sact_det.engine.checkpoint import AtomicDetectionCheckpointer
 from sact_det.utils.atomic import TMP_PREFIX, atomic_torch_save, atomic_write, remove_stale_temporaries
@@ -86,7 +86,7 @@ def test_remove_stale_temporaries_covers_every_writer(tmp_path, monkeypatch):
     ckpt = AtomicDetectionCheckpointer(torch.nn.Linear(1, 1), folder)
     writers = {  # target file -> a writer of sact_det that produces it
         "model_0000001.pth": lambda: ckpt.save("model_0000001"),
-        "model_0000002.pth": lambda: save_checkpoint(folder, "model_0000002", {"model": {}}),
+        "model_0000002.pth": lambda: ClassifierCheckpointer(torch.nn.Linear(1, 1), folder, {}).save("model_0000002"),
         "export.pkl": lambda: write_d2_pkl(os.path.join(folder, "export.pkl"), {"stem.conv1.weight": torch.ones(1)},
                                            {"MODEL.RESNETS.STRIDE_IN_1X1": True}, source="test"),
         "plain.pth": lambda: atomic_torch_save({}, os.path.join(folder, "plain.pth")),
@@ -109,9 +109,11 @@ def test_checkpointer_method_uses_the_same_cleanup(tmp_path):
 
 
 def test_classification_checkpoint_and_export_contents(tmp_path):
-    save_checkpoint(str(tmp_path), "model_0000003", {"model": {"a": torch.ones(2)}, "iteration": 3})
+    ClassifierCheckpointer(torch.nn.Linear(1, 2), str(tmp_path), {"seed": 5}).save("model_0000003", iteration=3)
     assert (tmp_path / "last_checkpoint").read_text() == "model_0000003.pth"
     assert last_checkpoint(str(tmp_path)) == str(tmp_path / "model_0000003.pth")
+    saved = torch.load(tmp_path / "model_0000003.pth", weights_only=False)
+    assert (saved["seed"], saved["iteration"], sorted(saved["model"])) == (5, 3, ["bias", "weight"])
     write_d2_pkl(str(tmp_path / "w.pkl"), {"stem.conv1.weight": torch.full((2,), 0.5)},
                  {"MODEL.RESNETS.STRIDE_IN_1X1": True}, source="test")
     with open(tmp_path / "w.pkl", "rb") as f:

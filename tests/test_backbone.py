@@ -9,7 +9,7 @@ from detectron2.layers import FrozenBatchNorm2d, ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from sact_det.modeling.backbone import SACTResNet
+from sact_det.modeling.sact.backbone import SACTResNet
 from tests.helpers import disable_halting, randomize_bn, tiny_cfg
 
 

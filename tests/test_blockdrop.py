@@ -10,9 +10,9 @@ from detectron2.modeling import build_backbone, build_model
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
-import sact_det.modeling.blockdrop  # noqa: F401  (registers the backbone and cfg.MODEL.BLOCKDROP)
-import sact_det.modeling.blockdrop_rcnn  # noqa: F401
-from sact_det.modeling.blockdrop import (PolicyNet, blockdrop_reward, bounded_probs, curriculum_mask,
+import sact_det.modeling.skipping.blockdrop  # noqa: F401  (registers the backbone and cfg.MODEL.BLOCKDROP)
+import sact_det.modeling.skipping.blockdrop_rcnn  # noqa: F401
+from sact_det.modeling.skipping.blockdrop import (PolicyNet, blockdrop_reward, bounded_probs, curriculum_mask,
                                          detection_correct, policy_input, reinforce_loss)
 from tests.helpers import detection_inputs, fvcore_flops, randomize_bn, tiny_cfg
 from tests.test_aig import r18_residual_flops

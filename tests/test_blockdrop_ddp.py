@@ -17,9 +17,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 from torch.nn.parallel import DistributedDataParallel
 
-import sact_det.modeling.aig  # noqa: F401
-import sact_det.modeling.blockdrop  # noqa: F401
-import sact_det.modeling.blockdrop_rcnn  # noqa: F401
+import sact_det.modeling.skipping.aig  # noqa: F401
+import sact_det.modeling.skipping.blockdrop  # noqa: F401
+import sact_det.modeling.skipping.blockdrop_rcnn  # noqa: F401
 from sact_det.compat.distributed import find_free_port
 from tests.helpers import detection_inputs, tiny_cfg
 

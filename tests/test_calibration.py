@@ -5,7 +5,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from sact_det.modeling.calibration import calibrate_halting, flops_fraction, randomize_halting
+from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting
 from tests.helpers import tiny_cfg
 
 # R-50 C4 adaptive stages: (units, C, bottleneck C) of their 1x1 -> 3x3 -> 1x1 units with identity shortcut

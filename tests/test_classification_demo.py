@@ -5,10 +5,10 @@ import torch
 
 from sact_det.classification.demo_task import CLASS_NAMES, generate_split, ponder_on_object, write_demo_dataset
 from sact_det.data.classification import Cifar10Dataset
-from sact_det.modeling.ponder_maps import sum_ponder_maps
+from sact_det.modeling.core.ponder_maps import sum_ponder_maps
 from tests.helpers import disable_halting
 from tests.test_classification_model import cifar_cfg, one_thread  # noqa: F401  (autouse fixture)
-from sact_det.modeling.classifier import build_classifier
+from sact_det.modeling.meta_arch.classifier import build_classifier
 
 
 

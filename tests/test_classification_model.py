@@ -6,8 +6,8 @@ import torch
 
 from sact_det.classification import get_classification_cfg
 from sact_det.classification.losses import classification_losses
-from sact_det.modeling.classifier import build_classifier, classifier_flops
-from sact_det.modeling.flops import backbone_flops
+from sact_det.modeling.meta_arch.classifier import build_classifier, classifier_flops
+from sact_det.modeling.sact.flops import backbone_flops
 from tests.helpers import disable_halting, randomize_bn
 
 

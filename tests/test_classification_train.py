@@ -11,7 +11,7 @@ import torch
 from sact_det.classification import (engine, evaluate_checkpoint, format_metrics, get_classification_cfg,
                                      train_classifier)
 from sact_det.classification.checkpoint import CheckpointError, load_classifier_weights, read_weights
-from sact_det.modeling.classifier import build_classifier
+from sact_det.modeling.meta_arch.classifier import build_classifier
 from tests.test_classification_data import make_cifar, make_folder
 from tests.test_classification_model import one_thread  # noqa: F401  (autouse fixture)
 

@@ -10,7 +10,7 @@ from torch.utils.data import TensorDataset
 from sact_det.classification import engine, get_classification_cfg
 from sact_det.classification.evaluator import evaluate_classifier, format_metrics
 from sact_det.classification.losses import prepare_classifier_training
-from sact_det.modeling.classifier import build_classifier
+from sact_det.modeling.meta_arch.classifier import build_classifier
 from tests.helpers import disable_halting
 from tests.test_classification_model import one_thread  # noqa: F401  (autouse fixture)
 

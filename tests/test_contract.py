@@ -8,7 +8,7 @@ import torch
 from detectron2.modeling import build_backbone, build_model
 from detectron2.utils.events import EventStorage
 
-from sact_det.modeling.contract import FAMILIES, AdaptiveBackbone
+from sact_det.modeling.core.contract import FAMILIES, AdaptiveBackbone
 from tests.helpers import detection_inputs, fvcore_flops, disable_halting, tiny_cfg
 
 FAMILY_PARAMS = {"sact": ".halting.", "act": ".halting.", "aig": ".gate.", "blockdrop": "backbone.policy.",

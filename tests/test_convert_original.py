@@ -220,7 +220,7 @@ def test_oracle_end_to_end_strict_load(model, tmp_path, capsys):
     """Convert with the tool, build the classifier from the printed keys, load: every parameter and
     buffer gets its value (strict, nothing new or unused), equal to the TF variable."""
     from sact_det.classification.checkpoint import load_classifier_weights, read_weights
-    from sact_det.modeling.classifier import build_classifier
+    from sact_det.modeling.meta_arch.classifier import build_classifier
     main = _tool_main()
     src = ORACLE / model / "varied" / "model.ckpt"
     assert main([str(src), str(tmp_path / "out")]) == 0

@@ -8,9 +8,9 @@ import torchvision
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.modeling import build_model
 
-from sact_det.classification.checkpoint import CheckpointError, load_classifier_weights, save_checkpoint
+from sact_det.classification.checkpoint import CheckpointError, ClassifierCheckpointer, load_classifier_weights
 from sact_det.classification.torchvision_names import torchvision_to_d2
-from sact_det.modeling.classifier import build_classifier
+from sact_det.modeling.meta_arch.classifier import build_classifier
 from tests.helpers import disable_halting, randomize_bn, tiny_cfg
 from tests.test_classification_model import imagenet_cfg, one_thread  # noqa: F401  (autouse fixture)
 from tools import convert_weights
@@ -113,8 +113,8 @@ def test_exported_classifier_gives_identical_res4_in_detector(tmp_path, depth):
     clf = build_classifier(cfg, 6)
     randomize_bn(clf)
     activate_halting(clf)
-    save_checkpoint(str(tmp_path), "model_final", {"model": clf.state_dict(), "iteration": 7, "config": cfg.dump(),
-                                                  "class_names": list("abcdef")})
+    ClassifierCheckpointer(clf, str(tmp_path), {"config": cfg.dump(), "class_names": list("abcdef")}).save(
+        "model_final", iteration=7)
     pkl = str(tmp_path / "sact.pkl")
     assert convert_weights.main([str(tmp_path / "model_final.pth"), pkl]) == 0
     with open(pkl, "rb") as f:

@@ -36,7 +36,7 @@ def _write_cfg(tmp_path: Path, units=(2, 2, 2, 2), base: int = 2) -> str:
 
 def _classifier(cfg_file: str):
     from sact_det.classification import get_classification_cfg
-    from sact_det.modeling.classifier import build_classifier
+    from sact_det.modeling.meta_arch.classifier import build_classifier
 
     cfg = get_classification_cfg()
     cfg.merge_from_file(cfg_file)

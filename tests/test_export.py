@@ -9,9 +9,9 @@ import pytest
 import torch
 from detectron2.modeling import build_backbone
 
-from sact_det.modeling import backbone as backbone_module
-from sact_det.modeling.export import PonderOutputs
-from sact_det.modeling.halting import GlobalHalting, SpatialHalting
+from sact_det.modeling.sact import backbone as backbone_module
+from sact_det.modeling.sact.export import PonderOutputs
+from sact_det.modeling.halting.branches import GlobalHalting, SpatialHalting
 from tests.helpers import randomize_bn, tiny_cfg
 
 TOL = dict(atol=1e-5, rtol=1e-5)

@@ -6,9 +6,9 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-from sact_det.modeling.backbone import StagePonder
-from sact_det.modeling.flop_rules import dilate
-from sact_det.modeling.flops import backbone_flops, dense_backbone_flops
+from sact_det.modeling.sact.backbone import StagePonder
+from sact_det.modeling.core.flop_rules import dilate
+from sact_det.modeling.sact.flops import backbone_flops, dense_backbone_flops
 from tests.helpers import fvcore_flops, disable_halting, tiny_cfg
 
 

@@ -8,7 +8,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 from detectron2.utils.events import EventStorage
 
-from sact_det.modeling.backbone import StagePonder, ponder_loss
+from sact_det.modeling.sact.backbone import StagePonder, ponder_loss
 from tests.helpers import fvcore_flops, detection_inputs, build_tiny_model, tiny_cfg
 
 H0 = 1.0 / (1.0 + math.exp(3.0))  # sigmoid(-3): every halting score at init

@@ -5,9 +5,9 @@ import math
 import torch
 from detectron2.utils.events import EventStorage
 
-from sact_det.modeling.classifier import build_classifier
-from sact_det.modeling.flops import backbone_flops
-from sact_det.modeling.original_resnet import BottleneckV2, OriginalRes5ROIHeads, OriginalSACTResNet
+from sact_det.modeling.meta_arch.classifier import build_classifier
+from sact_det.modeling.sact.flops import backbone_flops
+from sact_det.modeling.original.resnet import BottleneckV2, OriginalRes5ROIHeads, OriginalSACTResNet
 from tests.helpers import detection_inputs, tiny_cfg
 
 

@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from sact_det.classification import get_classification_cfg
-from sact_det.modeling.classifier import build_classifier, classifier_flops
-from sact_det.modeling.original_layers import TFSameConv2d, TFSameMaxPool2d, tf_same_pad
+from sact_det.modeling.meta_arch.classifier import build_classifier, classifier_flops
+from sact_det.modeling.original.layers import TFSameConv2d, TFSameMaxPool2d, tf_same_pad
 
 
 def _cfg(arch="imagenet", mode="sact", **sact):
@@ -150,7 +150,7 @@ def test_tf_image_ops_by_hand():
 def test_dense_reference_flops_of_the_original_extractor():
     """flops.dense_backbone_flops(variant="original") counts the v2 extractor: equal to the dense detector
     backbone of VARIANT original, and the full 224x224 classifier minus the head (1.5603e10 in total)."""
-    from sact_det.modeling.flops import dense_backbone_flops
+    from sact_det.modeling.sact.flops import dense_backbone_flops
 
     full = dense_backbone_flops((224, 224), depth=101, out_feature="res5", variant="original")
     assert full + 2 * 2048 * 1001 == pytest.approx(1.5603e10, rel=5e-5)
@@ -176,7 +176,7 @@ def test_full_size_original_configs_build():
     from detectron2.modeling import build_backbone
 
     from sact_det.config import get_sact_cfg
-    from sact_det.modeling.original_resnet import OriginalRes5ROIHeads
+    from sact_det.modeling.original.resnet import OriginalRes5ROIHeads
 
     cfg = get_classification_cfg()
     cfg.merge_from_file("configs/Classification/imagenet_R_101_sact_tau0.005_original.yaml")

@@ -18,7 +18,7 @@ pytestmark = pytest.mark.skipif(not (ORACLE / "README.md").is_file(),
                                 reason=f"the original code's outputs ({ORACLE}) are not available")
 
 
-from sact_det.modeling.original_oracle import ORACLE_MODELS, check_oracle_model, oracle_config, report_table  # noqa: E402
+from sact_det.modeling.original.oracle import ORACLE_MODELS, check_oracle_model, oracle_config, report_table  # noqa: E402
 
 
 def _npz(model: str, variant: str) -> dict:
@@ -86,7 +86,7 @@ def test_halting_init_like_the_original():
     ref = [(np.std(v) / math.sqrt(2.0 / np.prod(v.shape[:3])), np.abs(v).max() / math.sqrt(2.6 / np.prod(v.shape[:3])))
            for k, v in tf_vars.items() if v.ndim == 4 and v.size >= 2000]
     torch.manual_seed(0)
-    from sact_det.modeling.classifier import build_classifier
+    from sact_det.modeling.meta_arch.classifier import build_classifier
 
     fresh = build_classifier(oracle_config(json.loads((ORACLE / "cifar_resnet32_sact" / "summary.json").read_text())["config"]))
     mine = [(float(p.detach().std()) / math.sqrt(2.0 / p[0].numel()), float(p.detach().abs().max()) / math.sqrt(2.6 / p[0].numel()))

@@ -9,7 +9,7 @@ import torch
 import sact_det  # noqa: F401
 from sact_det.config import get_sact_cfg
 from sact_det.evaluation import saliency as S
-from sact_det.modeling.ponder_maps import sum_ponder_maps
+from sact_det.modeling.core.ponder_maps import sum_ponder_maps
 
 
 def _cfg(**kw):

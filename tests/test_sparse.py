@@ -5,9 +5,9 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, FrozenBatchNorm2d, get_norm
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, BottleneckBlock
 
-from sact_det.modeling import gather, sparse
-from sact_det.modeling.fold import fold_conv
-from sact_det.modeling.sparse import dense_folded_forward, fold_unit, sparse_unit_forward
+from sact_det.modeling.execution import gather, sparse
+from sact_det.modeling.execution.fold import fold_conv
+from sact_det.modeling.execution.sparse import dense_folded_forward, fold_unit, sparse_unit_forward
 
 TOL = dict(atol=1e-4, rtol=1e-4)
 
@@ -211,7 +211,7 @@ def test_all_images_dense_with_partial_masks(block):
 ])
 def test_fold_block_equals_unfolded_module(name, make):
     """Stems and first units (projection shortcut, stride 2) folded give the module's output."""
-    from sact_det.modeling.fold import dense_folded_forward, fold_block
+    from sact_det.modeling.execution.fold import dense_folded_forward, fold_block
 
     torch.manual_seed(0)
     module = _randomize_norms(make(), seed=3)
@@ -226,7 +226,7 @@ def test_fold_block_equals_unfolded_module(name, make):
 
 
 def test_fold_block_rejects_other_modules():
-    from sact_det.modeling.fold import fold_block
+    from sact_det.modeling.execution.fold import fold_block
 
     with pytest.raises(TypeError, match="BasicStem / BottleneckBlock / BasicBlock"):
         fold_block(torch.nn.Conv2d(3, 3, 1))
@@ -237,7 +237,7 @@ def test_fold_norms_keeps_the_function_of_a_resnet():
     from detectron2.layers import ShapeSpec
     from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
-    from sact_det.modeling.fold import fold_norms
+    from sact_det.modeling.execution.fold import fold_norms
     from tests.helpers import tiny_cfg
 
     torch.manual_seed(0)

@@ -3,8 +3,8 @@ import pytest
 import torch
 from detectron2.modeling import build_backbone
 
-from sact_det.modeling.flops import backbone_flops
-from sact_det.modeling.halting import GlobalHalting, SpatialHalting
+from sact_det.modeling.sact.flops import backbone_flops
+from sact_det.modeling.halting.branches import GlobalHalting, SpatialHalting
 from tests.helpers import build_tiny_model, randomize_bn, tiny_cfg
 
 TOL = dict(atol=1e-4, rtol=1e-4)

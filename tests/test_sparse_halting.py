@@ -4,9 +4,9 @@ import copy
 import pytest
 import torch
 
-from sact_det.modeling.halting import GlobalHalting, SpatialHalting
-from sact_det.modeling import sparse_halting as sparse_halting_module
-from sact_det.modeling.sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
+from sact_det.modeling.halting.branches import GlobalHalting, SpatialHalting
+from sact_det.modeling.execution import sparse_halting as sparse_halting_module
+from sact_det.modeling.execution.sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
 
 TOL = dict(atol=1e-5, rtol=1e-4)
 

@@ -42,9 +42,9 @@ from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 
 from sact_det.config.constants import SPARSE_MAX_DENSITY  # noqa: E402
-from sact_det.modeling import sparse  # noqa: E402
-from sact_det.modeling.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
-from sact_det.modeling.fold import fold_norms  # noqa: E402
+from sact_det.modeling.execution import sparse  # noqa: E402
+from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
+from sact_det.modeling.execution.fold import fold_norms  # noqa: E402
 
 INF = float("inf")
 CLOCK = time.perf_counter  # --clock cpu: time.thread_time (CPU time of this thread; needs --threads 1)
@@ -308,7 +308,7 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
 
 
 def bench_extractor(args, argv: List[str]) -> None:
-    from sact_det.modeling.flops import backbone_flops
+    from sact_det.modeling.sact.flops import backbone_flops
 
     hw = tuple(args.image_size)
     cfg, sact_bb, dense_bb = _extractors(args)

@@ -26,7 +26,7 @@ import torch  # noqa: E402
 from sact_det.classification import get_classification_cfg, load_classifier_weights, train_classifier  # noqa: E402
 from sact_det.classification.demo_task import ponder_on_object, save_ponder_grid, write_demo_dataset  # noqa: E402
 from sact_det.data.classification import Cifar10Dataset, build_transform  # noqa: E402
-from sact_det.modeling.classifier import build_classifier  # noqa: E402
+from sact_det.modeling.meta_arch.classifier import build_classifier  # noqa: E402
 
 
 def make_cfg(args, out_dir: str, data: str, mode: str, iters: int, steps, weights: str = ""):

@@ -46,7 +46,7 @@ from sact_det.engine.checks import add_random_weights_flag, check_weights  # noq
 from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.data import ensure_registered  # noqa: E402
 from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
-from sact_det.modeling.flops import backbone_flops  # noqa: E402
+from sact_det.modeling.sact.flops import backbone_flops  # noqa: E402
 from sact_det.evaluation.unit_stats import draw_unit_policy  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")

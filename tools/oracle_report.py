@@ -16,7 +16,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sact_det  # noqa: E402,F401
 import torch  # noqa: E402
 
-from sact_det.modeling.original_oracle import ORACLE_MODELS, check_oracle_model, report_table  # noqa: E402
+from sact_det.modeling.original.oracle import ORACLE_MODELS, check_oracle_model, report_table  # noqa: E402
 
 
 def main() -> int:

@@ -18,10 +18,9 @@ import torch
 from torch import nn
 
 from ..engine.checkpoint import AtomicDetectionCheckpointer
-from ..utils.atomic import atomic_torch_save, atomic_write
 from .torchvision_names import is_torchvision_state_dict, torchvision_to_d2
 
-__all__ = ["ClassifierCheckpointer", "save_checkpoint", "last_checkpoint", "read_weights", "load_classifier_weights",
+__all__ = ["ClassifierCheckpointer", "last_checkpoint", "read_weights", "load_classifier_weights",
            "CheckpointError"]
 
 logger = logging.getLogger(__name__)
@@ -42,20 +41,6 @@ class ClassifierCheckpointer(AtomicDetectionCheckpointer):
 
     def save(self, name: str, **kwargs: Any) -> None:
         super().save(name, **{**self.extra, FORMAT_KEY: 1, **kwargs})
-
-
-def save_checkpoint(folder: str, name: str, state: Dict[str, Any], max_to_keep: int = 0) -> str:
-    """Save ``state`` as ``folder/name.pth``, point ``last_checkpoint`` at it, prune old periodic ones."""
-    path = os.path.join(folder, name + ".pth")
-    atomic_torch_save({**state, FORMAT_KEY: 1}, path)
-    atomic_write(os.path.join(folder, "last_checkpoint"), lambda f: f.write((name + ".pth").encode()))
-    if max_to_keep > 0:
-        periodic = sorted(f for f in os.listdir(folder) if f.startswith("model_") and f[6:13].isdigit()
-                          and f.endswith(".pth"))
-        for old in periodic[:-max_to_keep]:
-            if old != name + ".pth":
-                os.remove(os.path.join(folder, old))
-    return path
 
 
 def last_checkpoint(folder: str) -> Optional[str]:

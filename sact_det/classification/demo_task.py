@@ -13,7 +13,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from ..data.classification import write_cifar10_batch
-from ..modeling.ponder_maps import sum_ponder_maps
+from ..modeling.core.ponder_maps import sum_ponder_maps
 
 __all__ = ["CLASS_NAMES", "make_image", "generate_split", "write_demo_dataset", "ponder_on_object",
            "save_ponder_grid"]

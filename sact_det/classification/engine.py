@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..compat import create_ddp_model
 from ..data.classification import build_classification_dataset, build_transform
 from ..engine.hooks import AverageBuffers, PerIterationSeed, unwrap_model
-from ..modeling.classifier import build_classifier
+from ..modeling.meta_arch.classifier import build_classifier
 from ..utils.atomic import remove_stale_temporaries
 from .checkpoint import ClassifierCheckpointer, load_classifier_weights
 from .config import validate_classification_cfg

@@ -16,7 +16,7 @@ from detectron2.utils import comm
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ..evaluation.unit_stats import format_unit_policy_stats, unit_policy_stats
-from ..modeling.classifier import AdaptiveClassifier, classifier_flops
+from ..modeling.meta_arch.classifier import AdaptiveClassifier, classifier_flops
 
 __all__ = ["evaluate_classifier", "evaluate_checkpoint", "format_metrics", "write_metrics_json", "TransformedDataset"]
 
@@ -168,7 +168,7 @@ def evaluate_checkpoint(cfg, weights: str, json_path: Optional[str] = None, prog
     """Evaluate-once: build the classifier for cfg.SACT_CLS.DATA.TEST_SPLIT's classes, load ``weights``
     (an error names the file when its class count differs), print and write JSON (main process)."""
     from ..data.classification import build_classification_dataset, build_transform
-    from ..modeling.classifier import build_classifier
+    from ..modeling.meta_arch.classifier import build_classifier
     from .checkpoint import load_classifier_weights
     from .config import validate_classification_cfg
 

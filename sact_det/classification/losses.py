@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..modeling.blockdrop import blockdrop_reward, bounded_probs, reinforce_loss
-from ..modeling.classifier import AdaptiveClassifier
+from ..modeling.skipping.blockdrop import blockdrop_reward, bounded_probs, reinforce_loss
+from ..modeling.meta_arch.classifier import AdaptiveClassifier
 
 __all__ = ["classification_losses", "blockdrop_classifier_losses", "prepare_classifier_training"]
 

@@ -4,7 +4,7 @@ Pipeline per image (:func:`classifier_ponder_map`): read (EXIF-oriented RGB) -> 
 side is at most ``max_size`` (bicubic, aspect kept; never enlarged) -> the classifier's own eval
 preprocessing without its centre crop / resize (:func:`drawing_transform`) -> forward -> per-stage
 ponder cost rho (``model.ponders``) -> summed over the adaptive stages on the finest stage grid by
-the detector's helper :func:`sact_det.modeling.ponder_maps.sum_ponder_maps` -> upsampled to the image,
+the detector's helper :func:`sact_det.modeling.core.ponder_maps.sum_ponder_maps` -> upsampled to the image,
 each cell of that grid over its stride x stride pixels (:func:`upsample_to_image`; the detector mode
 places its cells the same way). The original's ``summary_utils.sact_map`` instead resizes every block's
 map to the image (nearest) and sums there; both agree when the image sides are multiples of the
@@ -25,8 +25,8 @@ from PIL import Image
 
 from ..data.classification import build_transform
 from ..data.mapper import read_image_checked
-from ..modeling.classifier import AdaptiveClassifier, build_classifier, classifier_flops
-from ..modeling.ponder_maps import sum_ponder_maps
+from ..modeling.meta_arch.classifier import AdaptiveClassifier, build_classifier, classifier_flops
+from ..modeling.core.ponder_maps import sum_ponder_maps
 
 __all__ = ["is_classification_config", "load_drawing_classifier", "drawing_transform", "resize_longer_side",
            "classifier_ponder_map", "ClassifierPonderMap", "upsample_to_image", "figure_size_px", "draw_classifier_ponder_map"]

@@ -1,7 +1,7 @@
 """cfg.MODEL.AIG and cfg.MODEL.BLOCKDROP: keys of the ConvNet-AIG and BlockDrop backbones.
 
-Their values are checked where they are used (the backbone constructors in modeling/aig.py and
-modeling/blockdrop.py, which name the key in the ValueError).
+Their values are checked where they are used (the backbone constructors in modeling/skipping/aig.py and
+modeling/skipping/blockdrop.py, which name the key in the ValueError).
 """
 from detectron2.config import CfgNode as CN
 

@@ -1,6 +1,6 @@
 """The original SACT TensorFlow code's variables -> sact_det classifier / detector weights.
 
-Names follow the contract of ``cfg.MODEL.SACT.VARIANT original`` (modeling/original_resnet.py,
+Names follow the contract of ``cfg.MODEL.SACT.VARIANT original`` (modeling/original/resnet.py,
 original_cifar.py): block k, unit u -> ``backbone.res{k+1}.{u-1}``; TF BN {gamma, beta, moving_mean,
 moving_variance} -> {weight, bias, running_mean, running_var}; conv kernels HWIO -> OIHW; logits
 [1,1,C,K] -> linear [K,C].
@@ -437,7 +437,7 @@ def classifier_to_detector(state_dict: Mapping[str, torch.Tensor]) -> "OrderedDi
 def build_classifier_for(a: OriginalArch, device: str = "cpu"):
     """(classifier, cfg): the sact_det classifier (VARIANT original) of the printed classifier config,
     eval mode. ``device="meta"`` builds it without memory or initialisation (names and shapes only)."""
-    from ..modeling.classifier import build_classifier
+    from ..modeling.meta_arch.classifier import build_classifier
 
     cfg = cfg_with({**classifier_config(a), "MODEL.DEVICE": "cpu"})
     with torch.device(device):

@@ -24,7 +24,7 @@ from detectron2.utils import comm
 from tabulate import tabulate
 
 from ..config.constants import STAGE_ORDER
-from ..modeling.flops import backbone_flops, dense_backbone_flops
+from ..modeling.sact.flops import backbone_flops, dense_backbone_flops
 
 __all__ = ["FlopsEvaluator", "units_from_ponder", "summarize_records"]
 

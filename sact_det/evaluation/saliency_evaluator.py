@@ -19,7 +19,7 @@ from tabulate import tabulate
 
 from sact_det.data.cat2000 import load_fixation_locs, load_fixation_map
 from sact_det.evaluation import saliency_metrics as M
-from sact_det.modeling.ponder_maps import sum_ponder_maps
+from sact_det.modeling.core.ponder_maps import sum_ponder_maps
 from sact_det.evaluation.saliency import (
     MeanFixationBaseline,
     center_bias_map,

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from detectron2.layers import Conv2d, get_norm
 from torch import nn
 
-from .halting import set_norm_stats
+from ..halting.branches import set_norm_stats
 
 __all__ = ["tf_same_pad", "tf_same_out", "TFSameConv2d", "TFSameMaxPool2d", "original_norm", "lrelu",
            "LEAKINESS"]
@@ -44,7 +44,7 @@ class TFSameConv2d(Conv2d):
     """detectron2 Conv2d (optional ``norm`` / ``activation``) with TF 'SAME' zero padding.
 
     (B,Cin,H,W) -> (B,Cout,ceil(H/s),ceil(W/s)); ``padding`` must stay 0 (the padding is dynamic).
-    ``tf_same = True`` tells :func:`sact_det.modeling.flops.conv_out_hw` the output size.
+    ``tf_same = True`` tells :func:`sact_det.modeling.sact.flops.conv_out_hw` the output size.
     """
 
     tf_same = True

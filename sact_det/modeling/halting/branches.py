@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from detectron2.layers import get_norm
 from torch import nn
 
-from ..config.defaults import VALID_HALT_INITS
+from ...config.defaults import VALID_HALT_INITS
 
 __all__ = ["SpatialHalting", "GlobalHalting", "build_halting", "variance_scaling_", "VALID_HALT_INITS",
            "set_norm_stats"]

@@ -23,9 +23,9 @@ from torch import nn
 
 from detectron2.layers import FrozenBatchNorm2d
 
-from .act import state_dtype
+from ..halting.branches import SpatialHalting
+from ..halting.state import state_dtype
 from .gather import MapView, _offsets, dilate, neighbour_index
-from .halting import SpatialHalting
 
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
 

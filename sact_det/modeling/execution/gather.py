@@ -12,7 +12,7 @@ from typing import Dict, Iterator, Tuple
 import torch
 import torch.nn.functional as F
 
-from .flop_rules import dilate
+from ..core.flop_rules import dilate
 from .fold import FoldedConv, FoldedUnit
 
 __all__ = ["MapView", "Scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image"]

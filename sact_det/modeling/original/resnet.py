@@ -26,11 +26,11 @@ from detectron2.modeling import ROI_HEADS_REGISTRY
 from detectron2.modeling.roi_heads import Res5ROIHeads
 from torch import nn
 
-from ..config.constants import STAGE_ORDER
-from ..config.defaults import validate_sact_cfg
-from .backbone import SACTResNet
-from .halting import variance_scaling_
-from .original_layers import TFSameMaxPool2d, original_norm
+from ...config.constants import STAGE_ORDER
+from ...config.defaults import validate_sact_cfg
+from ..halting.branches import variance_scaling_
+from ..sact.backbone import SACTResNet
+from .layers import TFSameMaxPool2d, original_norm
 
 __all__ = ["OriginalSACTResNet", "V2Stem", "BottleneckV2", "make_v2_block", "make_v2_stages", "original_units",
            "build_original_resnet_v2", "build_original_resnet_v2_backbone", "OriginalRes5ROIHeads",

@@ -17,7 +17,7 @@ from typing import Callable, Tuple
 import torch
 from torch import nn
 
-from ..config.constants import EXECUTION_MODES, SPARSE_MAX_DENSITY  # re-exported: defined once there
+from ...config.constants import EXECUTION_MODES, SPARSE_MAX_DENSITY  # re-exported: defined once there
 from .fold import FoldedUnit, dense_folded_forward, fold_unit
 from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
 

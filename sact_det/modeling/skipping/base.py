@@ -20,9 +20,9 @@ import torch.nn.functional as F
 from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
-from ..config.constants import STAGE_ORDER
-from .contract import AdaptiveBackbone
-from .flop_rules import stem_flops, unit_flops
+from ...config.constants import STAGE_ORDER
+from ..core.contract import AdaptiveBackbone
+from ..core.flop_rules import stem_flops, unit_flops
 
 __all__ = ["residual_branch", "shortcut_branch", "execute_per_image", "pool_valid", "UnitSkippingResNet",
            "built_stage_sizes", "check_stage_list"]

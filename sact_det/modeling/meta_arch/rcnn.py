@@ -12,8 +12,8 @@ from detectron2.modeling import META_ARCH_REGISTRY, GeneralizedRCNN
 from detectron2.structures import ImageList
 from detectron2.utils.events import get_event_storage
 
-from .contract import AdaptiveBackbone
-from .flop_rules import HookFlopCounter
+from ..core.contract import AdaptiveBackbone
+from ..core.flop_rules import HookFlopCounter
 
 __all__ = ["AdaptiveRCNN", "event_storage"]
 

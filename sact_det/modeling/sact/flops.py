@@ -14,8 +14,8 @@ import torch
 from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
-from .flop_rules import HW, conv_flops, dense_resnet_flops, dilate, stem_flops, unit_convs, unit_flops
-from .halting import GlobalHalting, SpatialHalting
+from ..core.flop_rules import HW, conv_flops, dense_resnet_flops, dilate, stem_flops, unit_convs, unit_flops
+from ..halting.branches import GlobalHalting, SpatialHalting
 
 if TYPE_CHECKING:  # the SACT backbone imports this module
     from .backbone import StagePonder
@@ -86,8 +86,8 @@ def backbone_flops(backbone: nn.Module, image_hw: Sequence[int], index: int = 0,
 
 @functools.lru_cache(maxsize=16)
 def _dense_reference(depth: int, out_feature: str, stride_in_1x1: bool, variant: str = "detectron2") -> ResNet:
-    from ..config import get_sact_cfg
-    from .resnets import make_resnet_stages
+    from ...config import get_sact_cfg
+    from ..core.resnets import make_resnet_stages
 
     cfg = get_sact_cfg()
     cfg.MODEL.RESNETS.DEPTH = depth
@@ -97,7 +97,7 @@ def _dense_reference(depth: int, out_feature: str, stride_in_1x1: bool, variant:
         cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     with torch.device("meta"):
         if variant == "original":  # the original SACT code's pre-activation ResNet v2
-            from .original_resnet import STANDARD_UNITS, V2Stem, make_v2_stages
+            from ..original.resnet import STANDARD_UNITS, V2Stem, make_v2_stages
 
             if depth not in STANDARD_UNITS:
                 raise ValueError(f"no original ResNet v2 of depth {depth} (one of {sorted(STANDARD_UNITS)})")

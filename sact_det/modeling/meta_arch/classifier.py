@@ -19,17 +19,17 @@ import torch.nn.functional as F
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ..config.defaults import validate_sact_cfg
-from .aig import aig_from_parts
-from .backbone import SACTResNet, StagePonder
-from .blockdrop import blockdrop_from_parts
-from .flop_rules import dense_resnet_flops, linear_flops, stem_flops
-from .flops import stage_flops
-from .halting import variance_scaling_
-from .original_cifar import CIFAR_BN_EPS, CIFAR_BN_MOMENTUM, build_original_cifar_resnet
-from .original_layers import lrelu, original_norm
-from .original_resnet import IMAGENET_BN_EPS, IMAGENET_BN_MOMENTUM, build_original_resnet_v2
-from .resnets import CifarStem, make_cifar_stages, make_resnet_stages
+from ...config.defaults import validate_sact_cfg
+from ..core.flop_rules import dense_resnet_flops, linear_flops, stem_flops
+from ..core.resnets import CifarStem, make_cifar_stages, make_resnet_stages
+from ..halting.branches import variance_scaling_
+from ..original.cifar import CIFAR_BN_EPS, CIFAR_BN_MOMENTUM, build_original_cifar_resnet
+from ..original.layers import lrelu, original_norm
+from ..original.resnet import IMAGENET_BN_EPS, IMAGENET_BN_MOMENTUM, build_original_resnet_v2
+from ..sact.backbone import SACTResNet, StagePonder
+from ..sact.flops import stage_flops
+from ..skipping.aig import aig_from_parts
+from ..skipping.blockdrop import blockdrop_from_parts
 
 __all__ = ["AdaptiveClassifier", "build_classifier", "classifier_flops", "CLASSIFIER_BACKBONES", "HEADS",
            "VALID_ARCHS"]

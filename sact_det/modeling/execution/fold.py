@@ -3,7 +3,7 @@
 One folded form, :class:`FoldedUnit` of :class:`FoldedConv`: :func:`fold_block` folds any stem / unit
 (any stride, projection shortcut), which ``dense_folded_forward`` runs with ``F.conv2d``;
 :func:`fold_unit` folds a unit l >= 1 of a stage (identity shortcut, stride 1), which also runs
-in the gather -> GEMM -> scatter kernels of :mod:`sact_det.modeling.sparse`. :func:`fold_norms`
+in the gather -> GEMM -> scatter kernels of :mod:`sact_det.modeling.execution.sparse`. :func:`fold_norms`
 folds every norm of a whole detectron2 model (a dense baseline). Folding is exact up to fp32 round-off:
 ``BN(conv(x)) = conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
 """

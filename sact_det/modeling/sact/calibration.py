@@ -11,11 +11,11 @@ from typing import List, Sequence
 
 import torch
 
+from ..halting.branches import SpatialHalting
 from .backbone import SACTResNet
 from .flops import backbone_flops
-from .halting import SpatialHalting
 
-__all__ = ["randomize_halting", "shift_halting_bias", "flops_fraction", "calibrate_halting"]
+__all__ = ["randomize_halting", "flops_fraction", "calibrate_halting"]
 
 
 def _heads(backbone: SACTResNet) -> List[SpatialHalting]:
@@ -34,13 +34,6 @@ def randomize_halting(backbone: SACTResNet, gain: float = 3.0, seed: int = 0, bi
             w.copy_(torch.randn(w.shape, generator=g) * gain / w[0].numel() ** 0.5)
             hd.local_conv.bias.fill_(bias)
             hd.global_conv.weight.zero_()
-
-
-def shift_halting_bias(backbone: SACTResNet, offset: float) -> None:
-    """Add ``offset`` to the bias of every spatial halting branch (larger: halts earlier, fewer FLOPs)."""
-    with torch.no_grad():
-        for hd in _heads(backbone):
-            hd.local_conv.bias.add_(offset)
 
 
 @torch.no_grad()

@@ -19,11 +19,11 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BasicStem, ResNet
 from torch import nn
 
-from ..config.constants import STAGE_ORDER
-from ..config.families import add_blockdrop_config
-from .flop_rules import dense_resnet_flops, linear_flops
-from .gates import UnitSkippingResNet, built_stage_sizes, check_stage_list, residual_branch, shortcut_branch
-from .resnets import CifarStem, make_resnet_stages
+from ...config.constants import STAGE_ORDER
+from ...config.families import add_blockdrop_config
+from ..core.flop_rules import dense_resnet_flops, linear_flops
+from ..core.resnets import CifarStem, make_resnet_stages
+from .base import UnitSkippingResNet, built_stage_sizes, check_stage_list, residual_branch, shortcut_branch
 
 __all__ = ["PolicyNet", "BlockDropResNet", "build_blockdrop_resnet_backbone", "add_blockdrop_config",
            "bounded_probs", "blockdrop_reward", "detection_correct", "curriculum_mask", "reinforce_loss", "policy_input", "PHASES"]

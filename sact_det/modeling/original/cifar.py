@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import CNNBlockBase, Conv2d
 
-from ..config.defaults import validate_sact_cfg
-from .original_layers import TFSameConv2d, lrelu, original_norm
-from .original_resnet import OriginalSACTResNet, init_conv_, original_halting_kwargs
+from ...config.defaults import validate_sact_cfg
+from .layers import TFSameConv2d, lrelu, original_norm
+from .resnet import OriginalSACTResNet, init_conv_, original_halting_kwargs
 
 __all__ = ["OriginalCifarStem", "OriginalCifarUnit", "make_original_cifar_stages", "build_original_cifar_resnet",
            "CIFAR_BN_EPS", "CIFAR_BN_MOMENTUM"]

@@ -21,12 +21,12 @@ from detectron2.layers import ShapeSpec, get_norm
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ..config.constants import STAGE_ORDER
-from ..config.families import add_aig_config
-from .flop_rules import conv_flops
-from .gates import (UnitSkippingResNet, built_stage_sizes, check_stage_list, pool_valid, residual_branch,
+from ...config.constants import STAGE_ORDER
+from ...config.families import add_aig_config
+from ..core.flop_rules import conv_flops
+from .base import (UnitSkippingResNet, built_stage_sizes, check_stage_list, pool_valid, residual_branch,
                     shortcut_branch)
-from .resnets import make_resnet_stages
+from ..core.resnets import make_resnet_stages
 
 __all__ = ["AIGGate", "AIGResNet", "build_aig_resnet_backbone", "add_aig_config", "gumbel_gate", "threshold_gate",
            "target_rate_loss", "resolve_target_rates", "seed_schedule", "SEED_SCHEDULES"]

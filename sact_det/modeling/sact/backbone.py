@@ -16,16 +16,16 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import ResNet
 from torch import nn
 
-from ..config.constants import EXECUTION_MODES
-from ..config.defaults import validate_sact_cfg
-from . import sparse
-from .act import HaltingState, capturing_graph
-from .contract import AdaptiveBackbone
+from ...config.constants import EXECUTION_MODES
+from ...config.defaults import validate_sact_cfg
+from ..core.contract import AdaptiveBackbone
+from ..core.ponder_maps import sum_ponder_maps
+from ..core.resnets import make_resnet_stages
+from ..execution import sparse
+from ..execution.fold import dense_folded_forward, fold_block
+from ..halting.branches import build_halting
+from ..halting.state import HaltingState, capturing_graph
 from .flops import backbone_flops
-from .fold import dense_folded_forward, fold_block
-from .halting import build_halting
-from .ponder_maps import sum_ponder_maps
-from .resnets import make_resnet_stages
 
 __all__ = ["StagePonder", "SACTStage", "SACTResNet", "build_sact_resnet_backbone", "valid_mask", "ponder_loss",
            "make_resnet_stages"]
@@ -80,7 +80,7 @@ class SACTStage(nn.Sequential):
         halting score is computed only where needed and ``out += p^l x^l`` touches only active
         positions (:mod:`.sparse_halting`). The output has the memory format of the input.
         """
-        from .sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
+        from ..execution.sparse_halting import masked_accumulate_, sparse_halting, supports_sparse_halting
 
         num, state = len(self), HaltingState(self.eps)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
@@ -341,7 +341,7 @@ def build_sact_resnet_backbone(cfg, input_shape: ShapeSpec) -> SACTResNet:
     validate_sact_cfg(cfg)
     s = cfg.MODEL.SACT
     if s.VARIANT == "original":  # the original SACT code's pre-activation ResNet v2 (blocks 1-3 in a C4 detector)
-        from .original_resnet import build_original_resnet_v2_backbone
+        from ..original.resnet import build_original_resnet_v2_backbone
 
         return build_original_resnet_v2_backbone(cfg, input_shape)
     stem, stages = make_resnet_stages(cfg, input_shape.channels)

@@ -19,8 +19,8 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
+from ..meta_arch.rcnn import AdaptiveRCNN, event_storage as _storage
 from .blockdrop import BlockDropResNet, blockdrop_reward, bounded_probs, detection_correct, reinforce_loss
-from .meta_arch import AdaptiveRCNN, event_storage as _storage
 
 __all__ = ["BlockDropRCNN"]
 

@@ -18,8 +18,8 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from . import backbone as _backbone
-from .classifier import AdaptiveClassifier, classifier_flops
+from ..meta_arch.classifier import AdaptiveClassifier, classifier_flops
+from ..sact import backbone as _backbone
 
 __all__ = ["probe", "compare", "oracle_block_names", "to_nchw", "oracle_config", "oracle_model", "check_oracle_model",
            "quantity", "report_table", "INTEGER_KEYS", "FLOAT_TOLERANCE", "ORACLE_MODELS"]
@@ -189,7 +189,7 @@ def compare(got: Mapping[str, np.ndarray], npz: Mapping[str, np.ndarray], input_
 def oracle_config(summary_config: Mapping[str, Any]):
     """Classification cfg of an oracle model from its ``summary.json["config"]`` (net, model_type,
     units, base_channels, halting_eps): VARIANT original, halting in every block, BN."""
-    from ..classification.config import get_classification_cfg
+    from ...classification.config import get_classification_cfg
 
     c = summary_config
     cfg = get_classification_cfg()
@@ -220,9 +220,9 @@ def oracle_config(summary_config: Mapping[str, Any]):
 def oracle_model(model_dir: str, variant: str) -> AdaptiveClassifier:
     """The classifier of an oracle folder, built from config, with ``<variant>/model.ckpt`` converted
     by sact_det.convert (every parameter and buffer must be placed: strict load)."""
-    from ..convert.original import align_to_model, convert_original
-    from ..convert.tf_checkpoint import read_tf_checkpoint
-    from .classifier import build_classifier
+    from ...convert.original import align_to_model, convert_original
+    from ...convert.tf_checkpoint import read_tf_checkpoint
+    from ..meta_arch.classifier import build_classifier
 
     with open(os.path.join(model_dir, "summary.json")) as f:
         cfg = oracle_config(json.load(f)["config"])
