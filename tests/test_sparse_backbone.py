@@ -102,6 +102,15 @@ def test_sparse_outputs_are_nchw_and_folds_follow_new_weights():
     torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
 
 
+def test_channels_last_input_gives_channels_last_outputs():
+    """A channels-last input (as a channels-last dense model is fed) keeps its layout: no conversion back."""
+    bb, x = _partially_halting_r50()
+    ref = _run(bb, x, "dense")[0]
+    out = _run(bb, x.contiguous(memory_format=torch.channels_last), "sparse")[0]
+    assert out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()
+    torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+
+
 def test_replaying_its_own_masks_reproduces_the_sparse_run():
     """replay_masks runs the units on given masks: the model's own masks give its own result."""
     bb, x = _partially_halting_r50()

@@ -25,15 +25,17 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from ..halting.branches import SpatialHalting
 from ..halting.state import state_dtype
-from .gather import MapView, _offsets, dilate, neighbour_index
+from .gather import MapView, dilate, neighbour_index
 
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
 
 
-def _channel_affine(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(a, d) with norm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel map statistics."""
+def _channel_affine(norm: nn.Module, mean: torch.Tensor,
+                    var: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(a, d) with norm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel map statistics
+    (var: GroupNorm only)."""
     B, C = mean.shape
     if isinstance(norm, nn.Identity):
         return torch.ones_like(mean), torch.zeros_like(mean)
@@ -54,8 +56,19 @@ def _channel_affine(norm: nn.Module, mean: torch.Tensor, var: torch.Tensor) -> T
     raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
 
 
-def _channel_stats(x: MapView, chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel mean and (biased) variance over all positions of one map: (C,), (C,).
+def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(a, d) (C,) with norm(x) = a * x + d per channel when they do not depend on the map (identity,
+    inference-mode BN / FrozenBN); None for GroupNorm (statistics of the map). ``weight``: the (1,C,k,k)
+    conv weight that reads the normalized map (gives C, device and dtype)."""
+    if isinstance(norm, nn.GroupNorm):
+        return None
+    a, d = _channel_affine(norm, weight.new_zeros(1, weight.shape[1]), None)
+    return a[0], d[0]
+
+
+def _channel_stats(x: MapView, need_var: bool = True,
+                   chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-channel mean and (biased) variance (None unless ``need_var``) over all positions of one map: (C,), (C,).
 
     One pass in chunks of positions (about ``chunk_elems`` values, at least 512 positions) through
     a small reused buffer (much faster on CPU than ``torch.var_mean`` over the spatial dims);
@@ -75,13 +88,26 @@ def _channel_stats(x: MapView, chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor
             buf[: part.numel()].view(part.shape[1], part.shape[0]).t()
         if part.dtype != acc:
             part = out.copy_(part)  # bf16 / fp16 -> float32 (squares and sums below in float32)
-            sq = part * part
-        else:
-            sq = torch.mul(part, part, out=out)
         s1 += part.sum(0)
-        s2 += sq.sum(0)
+        if need_var:
+            s2 += torch.mul(part, part, out=out).sum(0)  # part is summed already: out may be part itself
     mean = s1 / n
-    return mean.to(acc), (s2 / n - mean ** 2).clamp_min(0).to(acc)
+    return mean.to(acc), (s2 / n - mean ** 2).clamp_min(0).to(acc) if need_var else None
+
+
+def _shift_sum(taps: torch.Tensor, p: int) -> torch.Tensor:
+    """(H,W) sum over the k2 = (2p+1)^2 taps of ``taps[k]`` (k2,H,W) shifted by the tap's offset, zero
+    outside the map: the kxk conv (padding p) of the map whose per-tap products ``taps`` holds."""
+    k2, H, W = taps.shape
+    if p == 0:
+        return taps[0].clone()
+    k = 2 * p + 1
+    tp = F.pad(taps, (p, p, p, p))
+    z = tp[0, :H, :W].clone()
+    for i in range(1, k2):
+        ky, kx = divmod(i, k)
+        z += tp[i, ky: ky + H, kx: kx + W]
+    return z
 
 
 def supports_sparse_halting(halting: nn.Module) -> bool:
@@ -108,42 +134,54 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         raise ValueError(f"sparse_halting: unsupported halting branch {halting}")
     B, C, H, W = x.shape
     hw, conv = H * W, halting.local_conv
-    views = [MapView(x[b]) for b in range(B)]
-    stats = [_channel_stats(v) for v in views]  # one pass over each map
-    mean = torch.stack([st[0] for st in stats])  # (B,C)
-    pooled = mean.to(x.dtype).view(B, C, 1, 1)  # as the dense branch (which pools in x's dtype)
-    glob = halting.global_conv(halting.global_norm(pooled)).view(B)
-    a, d = _channel_affine(halting.local_norm, mean, torch.stack([st[1] for st in stats]))
-    k2 = conv.kernel_size[0] * conv.kernel_size[1]
+    k2, p = conv.kernel_size[0] * conv.kernel_size[1], conv.padding[0]
     acc = state_dtype(x.dtype)  # the score's dtype; the tap GEMM runs in x's dtype (autocast: bf16 / fp16)
+    views = [MapView(x[b]) for b in range(B)]
+    dens = [1.0] * B if active is None else active.reshape(B, -1).float().mean(1).tolist()
+    gathered = [0 < f < GATHER_TAPS_BELOW for f in dens]
+    fixed_global = _fixed_affine(halting.global_norm, halting.global_conv.weight)
+    if fixed_global is not None and not any(gathered):
+        # the pooled branch is linear in the map mean: one more GEMM column, mean(x_rows @ (wg*ag)) + sum(wg*dg)
+        wg = halting.global_conv.weight.reshape(C).to(acc)
+        gcol, gconst = wg * fixed_global[0].to(acc), (wg * fixed_global[1].to(acc)).sum()
+        mean = var = None
+    else:
+        need_var = isinstance(halting.local_norm, nn.GroupNorm)  # other norms: a, d do not depend on the map
+        stats = [_channel_stats(v, need_var) for v in views]  # one pass over each map
+        mean = torch.stack([st[0] for st in stats])  # (B,C)
+        var = torch.stack([st[1] for st in stats]) if need_var else None
+        pooled = mean.to(x.dtype).view(B, C, 1, 1)  # as the dense branch (which pools in x's dtype)
+        glob = halting.global_conv(halting.global_norm(pooled)).view(B).to(acc)
+    fixed_local = _fixed_affine(halting.local_norm, conv.weight)
+    a, d = (t.expand(B, C) for t in fixed_local) if fixed_local is not None else \
+        _channel_affine(halting.local_norm, mean, var)
     w = conv.weight.reshape(C, k2).to(acc)
-    p = conv.padding[0]
-    lut = F.pad(torch.arange(hw, device=x.device).view(1, H, W), (p, p, p, p), value=hw).reshape(-1)
-    offs = _offsets(W + 2 * p, 1, x.device, k2)
     h = x.new_zeros(B, hw, dtype=acc)
-    a, d, bias = a.to(acc), d.to(acc), (conv.bias[0] + glob.to(acc))  # bias: (B,) conv bias + global term
+    a, d = a.to(acc), d.to(acc)
     for b in range(B):
         wa, const = w * a[b][:, None], (w * d[b][:, None]).sum(0)  # const: the norm's shift through the conv
         m = None if active is None else active[b, 0]
-        if m is not None and float(m.float().mean()) < GATHER_TAPS_BELOW:
+        if dens[b] == 0:
+            continue
+        if gathered[b]:
             # few active positions: taps only on the dilated mask (rows gathered), neighbours in that order
             aidx, didx, nbr, _ = neighbour_index(m, dilate(m[None], 1)[0] if k2 > 1 else m, 1, k2)
-            if aidx.numel() == 0:
-                continue
             rows, outside = views[b].gather_plain(didx), didx.numel()
-        else:
-            aidx = torch.arange(hw, device=x.device) if m is None else m.reshape(-1).nonzero().squeeze(1)
-            if aidx.numel() == 0:
-                continue
-            ppos = aidx + (aidx // W) * (2 * p) + (p * (W + 2 * p) + p)
-            nbr = lut.index_select(0, (ppos[:, None] + offs).view(-1)).view(-1, k2)
-            rows, outside = views[b].all_rows(), hw
-        taps = x.new_empty(rows.shape[0] + 1, k2)  # taps[q, k] = sum_c w[c,k] a[c] x[c,q]; last row: padding
-        torch.mm(rows, wa.to(x.dtype), out=taps[:-1])
-        taps[-1].zero_()
-        # elementwise + sum, not ``@``: autocast would run a matmul in bf16 / fp16
-        z = taps.gather(0, nbr).to(acc).sum(1) + ((nbr < outside).to(acc) * const).sum(1) + bias[b]
-        h[b].index_copy_(0, aidx, torch.sigmoid(z))
+            taps = x.new_empty(rows.shape[0] + 1, k2)  # taps[q, k] = sum_c w[c,k] a[c] x[c,q]; last row: padding
+            torch.mm(rows, wa.to(x.dtype), out=taps[:-1])
+            taps[-1].zero_()
+            # elementwise + sum, not ``@``: autocast would run a matmul in bf16 / fp16
+            z = taps.gather(0, nbr).to(acc).sum(1) + ((nbr < outside).to(acc) * const).sum(1)
+            h[b].index_copy_(0, aidx, torch.sigmoid(z + conv.bias[0] + glob[b]))
+            continue
+        # every position: taps (k2 [+1], HW) = [w*a, wg*ag]^T @ x^T (a skinny GEMM, fastest in this
+        # orientation), then the conv as k2 shifted sums; the norm's shift counts only for in-map neighbours
+        cols = wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)
+        taps = torch.mm(cols.t().to(x.dtype), views[b].all_rows().t()).to(acc)
+        g = glob[b] if mean is not None else taps[k2].mean() + gconst
+        z = _shift_sum(taps[:k2].view(k2, H, W), p) + _shift_sum(const.view(k2, 1, 1).expand(k2, H, W), p)
+        z = torch.sigmoid(z.view(-1) + (conv.bias[0] + g))
+        h[b] = z if m is None else z.masked_fill_(~m.reshape(-1), 0.0)
     return h.view(B, 1, H, W)
 
 

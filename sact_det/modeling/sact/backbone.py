@@ -241,16 +241,17 @@ class SACTResNet(ResNet, AdaptiveBackbone):
         return super().train(mode)
 
     def forward(self, x: torch.Tensor) -> Dict[str, torch.Tensor]:
-        """detectron2's ResNet forward; x (B,3,H,W) -> {name: (B,C,H/s,W/s)} (NCHW-contiguous).
+        """detectron2's ResNet forward; x (B,3,H,W) -> {name: (B,C,H/s,W/s)} in the memory format of x.
 
         At inference with a sparse / auto execution the stem and the stages run channels-last with
         BN folded into the convs (the gather kernels need channels-last states; converting the
-        3-channel input is cheap), and the outputs are converted back.
+        3-channel input is cheap); the outputs are converted back to NCHW unless x is channels-last.
         """
         self._record_input(x)
         if self.training or capturing_graph() or all(getattr(self, n).execution == "dense"
                                                      for n in self.adaptive_stages):
             return super().forward(x)
+        keep_channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         x = x.contiguous(memory_format=torch.channels_last)
         x = dense_folded_forward(sparse.cached_fold(self.stem, fold_block), x)
         outputs = {"stem": x} if "stem" in self._out_features else {}
@@ -262,7 +263,7 @@ class SACTResNet(ResNet, AdaptiveBackbone):
             x = self.linear(torch.flatten(self.avgpool(x), 1))
             if "linear" in self._out_features:
                 outputs["linear"] = x
-        return {k: v.contiguous() for k, v in outputs.items()}
+        return outputs if keep_channels_last else {k: v.contiguous() for k, v in outputs.items()}
 
     # -- contract -------------------------------------------------------------------------------
     def extra_losses(self) -> Dict[str, torch.Tensor]:
