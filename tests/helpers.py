@@ -72,7 +72,8 @@ def detection_inputs(n: int = 2, h: int = 96, w: int = 128, seed: int = 0) -> li
 
 
 def fvcore_flops(module: torch.nn.Module, hw=None, x=None, eval_mode: bool = True) -> float:
-    """2 x fvcore's multiply-adds of the convolutions and fully-connected layers of ``module`` on one
+    """2 x fvcore's multiply-adds of the convolutions, fully-connected layers and batched GEMMs (the SACT
+    halting conv runs as one, :func:`~sact_det.modeling.halting.branches.affine_conv`) of ``module`` on one
     random (1,3,h,w) image, or on the input ``x`` (an independent count to test FLOP rules against)."""
     from fvcore.nn import FlopCountAnalysis
 
@@ -83,4 +84,4 @@ def fvcore_flops(module: torch.nn.Module, hw=None, x=None, eval_mode: bool = Tru
         fa.unsupported_ops_warnings(False)
         fa.uncalled_modules_warnings(False)
         ops = fa.by_operator()
-    return 2.0 * (ops.get("conv", 0) + ops.get("linear", 0) + ops.get("addmm", 0))
+    return 2.0 * (ops.get("conv", 0) + ops.get("linear", 0) + ops.get("addmm", 0) + ops.get("bmm", 0))

@@ -61,7 +61,7 @@ def run_every_unit(model, family: str) -> None:
 def fvcore_conv_linear(model, *inputs) -> float:
     counts = (FlopCountAnalysis(model, inputs).unsupported_ops_warnings(False).uncalled_modules_warnings(False)
               .by_operator())
-    return float(sum(v for k, v in counts.items() if k in ("conv", "linear", "addmm", "matmul")))
+    return float(sum(v for k, v in counts.items() if k in ("conv", "linear", "addmm", "matmul", "bmm")))
 
 
 def fvcore_decisions(model, family: str, x) -> float:

@@ -164,12 +164,16 @@ def test_benchmark_train_ratios_from_known_step_times(monkeypatch, capsys):
     monkeypatch.setattr(benchmark_train, "build",
                         lambda cfg: ("dense" if cfg.MODEL.SACT.MODE == "none" else "sact", None))
     monkeypatch.setattr(benchmark_train, "step", lambda name, _opt, _batch: (wall[name].pop(0), cpu[name].pop(0)))
+    monkeypatch.setattr(benchmark_train, "saved_activation_bytes", lambda name, _batch: {"sact": 3, "dense": 2}[name] << 20)
     res = benchmark_train.main(["--config-file", DEMO_CFG, "--iters", "3", "--warmup", "0", "--batches", "1",
                                 "DATASETS.TRAIN", '("sact_demo_tiny_train",)', "SOLVER.IMS_PER_BATCH", "1"])
     assert res["ratio_median"] == pytest.approx(1.5)
     assert res["ratio_mean"] == pytest.approx(0.75)
     assert res["cpu_ratio_median"] == pytest.approx(1.5)
-    assert "ratio SACT / dense: 1.500x (wall median), 0.750x (wall mean), 1.500x (CPU median)" in capsys.readouterr().out
+    assert res["saved_mib"] == {"sact": 3.0, "dense": 2.0} and res["memory_ratio"] == pytest.approx(1.5)
+    out = capsys.readouterr().out
+    assert "ratio SACT / dense: 1.500x (wall median), 0.750x (wall mean), 1.500x (CPU median)" in out
+    assert "sact 3.0 MiB, dense 2.0 MiB, ratio 1.500x" in out
 
 
 def test_benchmark_train_rejects_different_depths(tmp_path):

@@ -5,7 +5,8 @@ Both models are built from the same config (the dense one with MODEL.SACT.MODE n
 --dense-config), get the same pre-loaded training batches, and are timed in one run, interleaved
 (A B B A ...) so that machine load affects both alike. One iteration = forward, backward and
 optimizer step (data loading excluded). Prints per-model median / mean wall-clock seconds and
-process CPU seconds (all threads; robust on a shared machine) and the SACT / dense ratios.
+process CPU seconds (all threads; robust on a shared machine) and the SACT / dense ratios, and the
+activation memory of each (bytes of the tensors a training forward saves for backward).
 
     python tools/benchmark_train.py --config-file configs/Demo/sact_R_50_C4.yaml --iters 10
 """
@@ -48,6 +49,25 @@ def build(cfg):
     return model, Trainer.build_optimizer(cfg, model)
 
 
+def saved_activation_bytes(model, batch) -> int:
+    """Bytes of the tensors one training forward saves for backward (unique storages, parameters excluded:
+    the activation memory that limits the batch size), then backward to free them."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    storages: Dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        st = t.untyped_storage()
+        if st.data_ptr() not in params:
+            storages[st.data_ptr()] = st.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        losses = model(batch)
+    sum(losses.values()).backward()
+    model.zero_grad(set_to_none=True)
+    return sum(storages.values())
+
+
 def step(model, optimizer, batch) -> Tuple[float, float]:
     """One training iteration; returns (wall seconds, process CPU seconds)."""
     wall, cpu = time.perf_counter(), time.process_time()
@@ -81,7 +101,9 @@ def run(args) -> Dict[str, object]:
                 t = step(*models[name], batches[i % len(batches)])
                 if i >= args.warmup:
                     times[name].append(t)
-    res: Dict[str, object] = {}
+        memory = {name: saved_activation_bytes(models[name][0], batches[0]) / 2 ** 20 for name in models}
+    res: Dict[str, object] = {"saved_mib": memory, "memory_ratio": memory["sact"] / memory["dense"],
+                              "image_size": list(batches[0][0]["image"].shape[-2:]), "batch": len(batches[0])}
     for name, t in times.items():
         wall, cpu = [x[0] for x in t], [x[1] for x in t]
         res[name] = {"median_s": statistics.median(wall), "mean_s": statistics.mean(wall), "n": len(t),
@@ -109,6 +131,10 @@ def main(argv=None) -> Dict[str, object]:
               f"  CPU median {r['cpu_median_s']:.3f} s")
     print(f"  ratio SACT / dense: {res['ratio_median']:.3f}x (wall median), {res['ratio_mean']:.3f}x (wall mean), "
           f"{res['cpu_ratio_median']:.3f}x (CPU median)")
+    mem = res["saved_mib"]
+    print(f"activation memory (tensors saved for backward by one training forward, batch {res['batch']} at "
+          f"{res['image_size'][0]}x{res['image_size'][1]}): sact {mem['sact']:.1f} MiB, dense {mem['dense']:.1f} MiB, "
+          f"ratio {res['memory_ratio']:.3f}x")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(res, f, indent=1)

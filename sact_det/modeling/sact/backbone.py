@@ -11,9 +11,10 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
-from detectron2.modeling.backbone.resnet import ResNet
+from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from torch import nn
 
 from ...config.constants import EXECUTION_MODES
@@ -149,14 +150,31 @@ class SACTStage(nn.Sequential):
                     break  # every position halted: the remaining units run nowhere
                 # (in training the masked units stay in the graph, so DDP sees every parameter used)
                 masks.append(active)
-                x = torch.where(active, block(x), x)
+                x = masked_unit(block, x, active)
             last = index == num - 1
             h = None if last else block.halting(x)
             like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
             weight = state.step(h, last=last, like=like)
-            out = weight * x if out is None else out + weight * x
+            out = weight * x if out is None else torch.addcmul(out, weight, x)
         self._record(state, masks, x.shape)
         return out.to(x.dtype)
+
+
+def masked_unit(block: nn.Module, x: torch.Tensor, active: torch.Tensor) -> torch.Tensor:
+    """``torch.where(active, block(x), x)`` for a unit l >= 1 (identity shortcut); x (B,C,H,W), active (B,1,H,W).
+
+    For detectron2's Bottleneck / Basic blocks it is computed as ``relu(where(active, z, x))`` with z the
+    pre-activation (conv_last(...) + x): equal, since x >= 0 (the previous unit's ReLU output), with the
+    same parameter gradients (where x = 0 the ReLU that made x passes no gradient anyway), but autograd
+    keeps one map per unit instead of two (the unit's output and its masked copy).
+    """
+    if isinstance(block, (BottleneckBlock, BasicBlock)) and block.shortcut is None:
+        convs = [block.conv1, block.conv2] + ([block.conv3] if isinstance(block, BottleneckBlock) else [])
+        h = x
+        for conv in convs[:-1]:
+            h = F.relu_(conv(h))
+        return F.relu_(torch.where(active, convs[-1](h).add_(x), x))
+    return torch.where(active, block(x), x)
 
 
 def valid_mask(ponder: StagePonder, image_sizes: Sequence[Sequence[int]]) -> torch.Tensor:
