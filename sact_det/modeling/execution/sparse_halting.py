@@ -23,7 +23,7 @@ from torch import nn
 
 from detectron2.layers import FrozenBatchNorm2d
 
-from ..halting.branches import SpatialHalting
+from ..halting.branches import SpatialHalting, shift_sum
 from ..halting.state import state_dtype
 from .gather import MapView, dilate, neighbour_index
 
@@ -95,21 +95,6 @@ def _channel_stats(x: MapView, need_var: bool = True,
     return mean.to(acc), (s2 / n - mean ** 2).clamp_min(0).to(acc) if need_var else None
 
 
-def _shift_sum(taps: torch.Tensor, p: int) -> torch.Tensor:
-    """(H,W) sum over the k2 = (2p+1)^2 taps of ``taps[k]`` (k2,H,W) shifted by the tap's offset, zero
-    outside the map: the kxk conv (padding p) of the map whose per-tap products ``taps`` holds."""
-    k2, H, W = taps.shape
-    if p == 0:
-        return taps[0].clone()
-    k = 2 * p + 1
-    tp = F.pad(taps, (p, p, p, p))
-    z = tp[0, :H, :W].clone()
-    for i in range(1, k2):
-        ky, kx = divmod(i, k)
-        z += tp[i, ky: ky + H, kx: kx + W]
-    return z
-
-
 def supports_sparse_halting(halting: nn.Module) -> bool:
     """Whether :func:`sparse_halting` handles this halting branch (else call the branch densely)."""
     if not isinstance(halting, SpatialHalting):
@@ -179,7 +164,7 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         cols = wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)
         taps = torch.mm(cols.t().to(x.dtype), views[b].all_rows().t()).to(acc)
         g = glob[b] if mean is not None else taps[k2].mean() + gconst
-        z = _shift_sum(taps[:k2].view(k2, H, W), p) + _shift_sum(const.view(k2, 1, 1).expand(k2, H, W), p)
+        z = shift_sum(taps[:k2].view(k2, H, W), p) + shift_sum(const.view(k2, 1, 1).expand(k2, H, W), p)
         z = torch.sigmoid(z.view(-1) + (conv.bias[0] + g))
         h[b] = z if m is None else z.masked_fill_(~m.reshape(-1), 0.0)
     return h.view(B, 1, H, W)
