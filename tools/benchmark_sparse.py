@@ -255,15 +255,16 @@ def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Ten
     return out
 
 
-def replayed_masks(args, images) -> List[Dict[str, List[torch.Tensor]]]:
-    """Per image, {stage: masks of units 1..L-1} that the trained ``--replay-weights`` model produces on it."""
+def replayed_masks(args, n: int, hw) -> List[Dict[str, List[torch.Tensor]]]:
+    """Per image of the first ``n`` demo images at ``hw``, {stage: masks of units 1..L-1} that the trained
+    ``--replay-weights`` model produces on it (the images normalized as its own config says)."""
     from argparse import Namespace
 
-    _, trained, _ = _extractors(Namespace(config=args.replay_config, weights=args.replay_weights))
+    cfg, trained, _ = _extractors(Namespace(config=args.replay_config, weights=args.replay_weights))
     trained.set_execution("dense")
     out = []
     with torch.no_grad():
-        for img in images:
+        for img in _demo_images(cfg, n, hw):
             trained(img)
             out.append({k: [m.clone() for m in p.masks] for k, p in trained.last_ponder.items()})
     return out
@@ -321,7 +322,7 @@ def bench_extractor(args, argv: List[str]) -> None:
           f"{args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
           f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
     untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
-    replay = replayed_masks(args, images) if args.replay_weights else None
+    replay = replayed_masks(args, len(images), hw) if args.replay_weights else None
     if replay is not None:
         untrained = (f"none (random init); units run on the masks that {args.replay_weights} "
                      f"({args.replay_config}) produces on each image")
