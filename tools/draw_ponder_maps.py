@@ -5,7 +5,12 @@ For each image: one PNG with the image and its detections on the left and the po
 map (rho summed over the adaptive stages, one cell per feature position) with a colorbar on the
 right; the title gives the image's feature-extractor FLOPs. For ConvNet-AIG / BlockDrop detectors
 (one decision per unit and image) the right panel shows the image's unit policy instead: one row
-per stage, a cell per unit, orange where the unit ran.
+per stage, a cell per unit, orange where the unit ran. FPN detectors (and any SACT / ACT detector with
+--per-stage) get one heat map per adaptive stage instead of the sum: the per-level ponder maps
+(res2 at stride 4 ... res5 at stride 32), each stage with its own colour scale over the images of the call:
+
+    python tools/draw_ponder_maps.py --config-file configs/Demo/sact_R_50_FPN.yaml --dataset sact_demo_val \
+        --num-images 8 --output ponder_maps MODEL.WEIGHTS output/demo/sact_R_50_FPN/model_final.pth
 
     python tools/draw_ponder_maps.py --config-file configs/Demo/sact_R_50_C4.yaml \
         --input photo.jpg 'more/*.jpg' --output ponder_maps MODEL.WEIGHTS model_final.pth
@@ -47,6 +52,7 @@ from sact_det.engine.setup_config import ConfigError, load_config  # noqa: E402
 from sact_det.data import ensure_registered  # noqa: E402
 from sact_det.evaluation.flops_evaluator import build_meta_backbone  # noqa: E402
 from sact_det.modeling.sact.flops import backbone_flops  # noqa: E402
+from sact_det.modeling.sact.fpn import SACTFPN  # noqa: E402
 from sact_det.evaluation.unit_stats import draw_unit_policy  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -65,6 +71,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="classifier configs: shrink images so the longer side is at most this (0: keep)")
     p.add_argument("--vmin", type=float, default=None, help="colour scale minimum (default: over all images)")
     p.add_argument("--vmax", type=float, default=None, help="colour scale maximum (default: over all images)")
+    p.add_argument("--per-stage", action="store_true",
+                   help="SACT / ACT: one heat map per adaptive stage instead of their sum (always for FPN models)")
     add_random_weights_flag(p)
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides, e.g. MODEL.WEIGHTS x.pth")
     return p.parse_args(argv)
@@ -110,7 +118,9 @@ def predict(cfg, files: List[str]) -> List[Dict]:
     if not stages and not gated:
         raise ValueError(f"MODEL.SACT.MODE={cfg.MODEL.SACT.MODE!r}: the model has no adaptive stage, hence no "
                          f"ponder map (use a SACT, ACT, ConvNet-AIG or BlockDrop config)")
-    stride = int(getattr(backbone, stages[0]).stride) if stages else 0  # ponder map: first adaptive stage's grid
+    resnet = backbone.bottom_up if isinstance(backbone, SACTFPN) else backbone
+    strides = {s: int(getattr(resnet, s).stride) for s in stages}
+    stride = strides[stages[0]] if stages else 0  # ponder map: first adaptive stage's grid
     out = []
     for path in files:
         img = load_image(path)
@@ -118,19 +128,24 @@ def predict(cfg, files: List[str]) -> List[Dict]:
         key = "unit_policy" if gated else "ponder_map"
         if key not in pred:
             raise ValueError(f"cfg.MODEL.META_ARCHITECTURE={cfg.MODEL.META_ARCHITECTURE!r} returns no {key} "
-                             f"(use AdaptiveRCNN or BlockDropRCNN)")
+                             f"(use AdaptiveRCNN, AdaptiveDetector or BlockDropRCNN)")
         h, w = img.shape[:2]
         resized = aug.get_transform(img).apply_image(img).shape[:2]
         rec = {"file": path, "instances": pred["instances"].to("cpu"), "flops": pred["flops"], "image_hw": (h, w),
                "resized_hw": tuple(resized), "stride": stride}
         rec[key] = pred[key] if gated else pred[key].numpy()
+        if not gated:
+            rec["ponder_maps"] = {s: pred["ponder_maps"][s].numpy() for s in stages}
+            rec["strides"] = strides
         out.append(rec)
     return out
 
 
 def draw(record: Dict, image_rgb: np.ndarray, metadata, out_path: str, vmin: float, vmax: float,
-         score_thresh: float, dense_flops: Optional[float] = None) -> str:
-    """Write the side-by-side PNG for one image; returns its path."""
+         score_thresh: float, dense_flops: Optional[float] = None,
+         stage_scales: Optional[Dict[str, Tuple[float, float]]] = None) -> str:
+    """Write the side-by-side PNG for one image; returns its path. ``stage_scales`` ({stage: (vmin, vmax)}):
+    one heat map per adaptive stage (``record["ponder_maps"]``) instead of the summed ponder map."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -141,7 +156,11 @@ def draw(record: Dict, image_rgb: np.ndarray, metadata, out_path: str, vmin: flo
     inst = inst[inst.scores >= score_thresh]
     vis = Visualizer(image_rgb, metadata=metadata, scale=1.0).draw_instance_predictions(inst).get_image()
     h, w = record["image_hw"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
+    if stage_scales:
+        fig, axes = plt.subplots(1, 1 + len(stage_scales), figsize=(5 * (1 + len(stage_scales)), 4.6),
+                                 gridspec_kw={"width_ratios": [1] + [1.12] * len(stage_scales)})
+    else:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), gridspec_kw={"width_ratios": [1, 1.12]})
     axes[0].imshow(vis)
     axes[0].set_title(f"{os.path.basename(record['file'])}: {len(inst)} detections (score >= {score_thresh:g})",
                       fontsize=9)
@@ -153,6 +172,19 @@ def draw(record: Dict, image_rgb: np.ndarray, metadata, out_path: str, vmin: flo
         stages = list(dict.fromkeys(n.rsplit(".", 1)[0] for n in policy))
         axes[1].set_yticks(range(8, 16 * len(stages), 16), stages)
         axes[1].set_title(f"units executed (orange): {sum(policy.values())} / {len(policy)}\n"
+                          f"feature extractor {gflops:.3g} GFLOPs{pct}", fontsize=9)
+    elif stage_scales:  # one panel per adaptive stage, on its own grid
+        for ax, (stage, (lo, hi)) in zip(axes[1:], stage_scales.items()):
+            pm = record["ponder_maps"][stage]
+            extent = map_extent(pm.shape, (h, w), record["resized_hw"], record["strides"][stage])
+            im = ax.imshow(pm, cmap="viridis", vmin=lo, vmax=hi, extent=extent, interpolation="nearest")
+            ax.set_xlim(0, w)
+            ax.set_ylim(h, 0)
+            ax.set_title(f"{stage} ponder cost (stride {record['strides'][stage]}), mean {pm.mean():.2f}", fontsize=9)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="rho = units run + remainder")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0].set_title(f"{os.path.basename(record['file'])}: {len(inst)} detections (score >= {score_thresh:g})\n"
                           f"feature extractor {gflops:.3g} GFLOPs{pct}", fontsize=9)
     else:
         pm = record["ponder_map"]
@@ -236,11 +268,17 @@ def run(args) -> List[str]:
     vmin, vmax = shared_scale([r["ponder_map"] for r in records if "ponder_map" in r], args.vmin, args.vmax)
 
     meta_backbone = build_meta_backbone(cfg)
+    fpn = isinstance(meta_backbone, SACTFPN)
+    stage_scales = None
+    if (fpn or args.per_stage) and "ponder_maps" in records[0]:
+        stage_scales = {s: shared_scale([r["ponder_maps"][s] for r in records], args.vmin, args.vmax)
+                        for s in records[0]["ponder_maps"]}
     written = []
     for rec, out in zip(records, output_names(files, args.output)):
         rgb = load_image(rec["file"])[:, :, ::-1]
-        dense = backbone_flops(meta_backbone, rec["resized_hw"], ponder={})
-        written.append(draw(rec, rgb, metadata, out, vmin, vmax, args.score_thresh, dense))
+        dense = meta_backbone.dense_flops(rec["resized_hw"]) if fpn else \
+            backbone_flops(meta_backbone, rec["resized_hw"], ponder={})
+        written.append(draw(rec, rgb, metadata, out, vmin, vmax, args.score_thresh, dense, stage_scales))
     return written
 
 

@@ -9,9 +9,14 @@ the per-image FLOPs std as horizontal error bars) and <output>.csv, and prints t
         --output output/coco/tradeoff --paper
     python tools/plot_tradeoff.py output/demo/sact_R_50_C4 output/demo/faster_rcnn_R_50_C4 --x dense
 
---x r101 (default): % of the dense ResNet-101 extractor (the paper's axis); dense: % of the dense
-extractor of the same architecture; gflops: absolute GFLOPs per image. All runs must have evaluated
-the same dataset (an error otherwise); --paper needs --x r101.
+--x r101 (default): % of the dense ResNet-101 extractor (the paper's axis; for FPN runs the dense
+R-101-FPN extractor); dense: % of the dense extractor of the same architecture (for FPN runs the dense
+FPN extractor: bottom-up + FPN layers); gflops: absolute GFLOPs per image. All runs must have evaluated
+the same dataset (an error otherwise); --paper needs --x r101 and C4 runs; --x r101 cannot mix C4 and
+FPN runs (their references differ). --metric segm puts the mask AP on the y axis (Mask R-CNN runs).
+
+    python tools/plot_tradeoff.py output/demo/sact_mask_rcnn_R_50_FPN output/demo/mask_rcnn_R_50_FPN \
+        --x dense --metric segm --output output/demo/mask_tradeoff
 """
 import argparse
 import csv
@@ -35,7 +40,7 @@ X_AXES = {
 }
 MARKERS = {"sact": ("o", "tab:blue"), "act": ("o", "tab:blue"), "aig": ("D", "tab:green"),
            "blockdrop": ("v", "tab:purple"), "none": ("s", "tab:red")}  # mode -> (marker, colour)
-COLUMNS = ["label", "mode", "tau", "depth", "AP", "AP50", "AP75", "gflops", "gflops_std", "dense_gflops",
+COLUMNS = ["label", "mode", "tau", "depth", "arch", "AP", "AP50", "AP75", "segm_AP", "gflops", "gflops_std", "dense_gflops",
            "pct_dense", "pct_dense_std", "pct_r101", "pct_r101_std", "ponder_total", "units_frac", "dataset",
            "source"]
 
@@ -51,6 +56,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--paper", action="store_true",
                    help="add the paper's COCO points (only with --x r101; an error otherwise)")
     p.add_argument("--no-plot", action="store_true", help="only the table and the CSV")
+    p.add_argument("--metric", choices=["bbox", "segm"], default="bbox",
+                   help="AP on the y axis: boxes, or masks (segm, Mask R-CNN runs)")
     return p.parse_args(argv)
 
 
@@ -129,6 +136,7 @@ def load_run(path: str, dataset: str = "") -> Dict[str, object]:
     if info.get("mode", "none") == "none":  # no results metadata, or MODE none: AIG / BlockDrop tell by their backbone
         if "mode" not in info or cfg_info.get("mode") in ("aig", "blockdrop"):
             info.update({k: v for k, v in cfg_info.items() if k != "dataset"})
+    info.setdefault("arch", cfg_info.get("arch", "C4"))
     return {"metrics": flat, "source": path, "dataset": name, **info}
 
 
@@ -158,7 +166,8 @@ def _config_info(config_yaml: str) -> Dict[str, object]:
     sact = model.get("SACT", {})
     backbone = str(model.get("BACKBONE", {}).get("NAME", ""))
     mode = next((m for m in ("aig", "blockdrop") if m in backbone), sact.get("MODE", "none"))
-    info = {"mode": mode, "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH")}
+    info = {"mode": mode, "tau": sact.get("TAU", 0.0), "depth": model.get("RESNETS", {}).get("DEPTH"),
+            "arch": _arch(model)}
     test = cfg.get("DATASETS", {}).get("TEST", [])
     if isinstance(test, str):  # a hand-written "('name',)"
         import ast
@@ -169,9 +178,23 @@ def _config_info(config_yaml: str) -> Dict[str, object]:
     return info
 
 
+def _arch(model: Dict) -> str:
+    """"C4", or for FPN backbones the detector: "FPN Faster R-CNN" | "FPN Mask R-CNN" | "FPN RetinaNet" | "FPN <name>"."""
+    if "fpn" not in str(model.get("BACKBONE", {}).get("NAME", "")):
+        return "C4"
+    meta = str(model.get("META_ARCHITECTURE", ""))
+    if meta == "AdaptiveDetector":
+        meta = str(model.get("SACT", {}).get("META_ARCHITECTURE", "GeneralizedRCNN"))
+    if meta == "GeneralizedRCNN":
+        meta = "Mask R-CNN" if model.get("MASK_ON") else "Faster R-CNN"
+    return f"FPN {meta}"
+
+
 def _default_label(run: Dict[str, object]) -> str:
-    mode, depth = run.get("mode"), run.get("depth")
+    mode, depth, layout = run.get("mode"), run.get("depth"), str(run.get("arch", "C4"))
     arch = f"R-{depth}" if depth else "ResNet"
+    if layout.startswith("FPN"):
+        arch = f"{layout[len('FPN '):]} {arch}-FPN"
     if mode in ("sact", "act"):
         return f"{mode.upper()} {arch} tau={run.get('tau')}"
     if mode in ("aig", "blockdrop"):
@@ -188,7 +211,8 @@ def table_row(run: Dict[str, object], label: Optional[str] = None) -> Dict[str, 
 
     return {
         "label": label or _default_label(run), "mode": run.get("mode"), "tau": run.get("tau"), "depth": run.get("depth"),
-        "AP": get("bbox/AP"), "AP50": get("bbox/AP50"), "AP75": get("bbox/AP75"),
+        "arch": run.get("arch", "C4"), "AP": get("bbox/AP"), "AP50": get("bbox/AP50"), "AP75": get("bbox/AP75"),
+        "segm_AP": get("segm/AP"),
         "gflops": get("flops/extractor_gflops_mean"), "gflops_std": get("flops/extractor_gflops_std"),
         "dense_gflops": get("flops/dense_gflops_mean"),
         "pct_dense": get("flops/pct_of_dense_mean"), "pct_dense_std": get("flops/pct_of_dense_std"),
@@ -203,9 +227,9 @@ def _fmt(v, digits: int = 2) -> str:
 
 
 def format_table(rows: List[Dict[str, object]]) -> str:
-    """Markdown table: AP and FLOPs side by side, the dense same-architecture FLOPs beside them."""
+    """Markdown table: AP and FLOPs side by side, the dense same-architecture FLOPs beside them (mask AP last)."""
     head = ["run", "AP", "AP50", "extractor GFLOPs (mean ± std)", "dense same-arch GFLOPs", "% of dense",
-            "% of R-101", "units run"]
+            "% of R-101", "units run", "mask AP"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
         lines.append("| " + " | ".join([
@@ -213,7 +237,7 @@ def format_table(rows: List[Dict[str, object]]) -> str:
             f"{_fmt(r['gflops'], 3)} ± {_fmt(r['gflops_std'], 3)}", _fmt(r["dense_gflops"], 3),
             f"{_fmt(r['pct_dense'], 1)} ± {_fmt(r['pct_dense_std'], 1)}",
             f"{_fmt(r['pct_r101'], 1)} ± {_fmt(r['pct_r101_std'], 1)}",
-            "-" if r["units_frac"] is None else f"{100 * r['units_frac']:.0f} %",
+            "-" if r["units_frac"] is None else f"{100 * r['units_frac']:.0f} %", _fmt(r["segm_AP"]),
         ]) + " |")
     return "\n".join(lines)
 
@@ -226,7 +250,7 @@ def write_csv(rows: List[Dict[str, object]], path: str) -> None:
             w.writerow({k: r.get(k) for k in COLUMNS})
 
 
-def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = False) -> None:
+def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = False, metric: str = "bbox") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -236,24 +260,27 @@ def plot(rows: List[Dict[str, object]], x_axis: str, path: str, paper: bool = Fa
         raise ValueError(f"the paper's points are % of dense ResNet-101 FLOPs: they cannot be drawn with x axis "
                          f"{x_axis!r}")
     xk, xerrk, xlabel = X_AXES[x_axis]
+    yk = "AP" if metric == "bbox" else "segm_AP"
+    if x_axis == "r101" and rows and all(str(r.get("arch", "C4")).startswith("FPN") for r in rows):
+        xlabel = "feature-extractor FLOPs, % of dense ResNet-101-FPN"
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    sact = sorted((r for r in rows if r["mode"] in ("sact", "act") and r[xk] is not None and r["AP"] is not None),
+    sact = sorted((r for r in rows if r["mode"] in ("sact", "act") and r[xk] is not None and r[yk] is not None),
                   key=lambda r: r[xk])
     if len(sact) > 1:
-        ax.plot([r[xk] for r in sact], [r["AP"] for r in sact], "-", color="tab:blue", alpha=0.5)
+        ax.plot([r[xk] for r in sact], [r[yk] for r in sact], "-", color="tab:blue", alpha=0.5)
     for r in rows:
-        if r[xk] is None or r["AP"] is None:
+        if r[xk] is None or r[yk] is None:
             continue
         fmt, color = MARKERS.get(r["mode"], MARKERS["none"])
-        ax.errorbar(r[xk], r["AP"], xerr=r[xerrk] or 0.0, fmt=fmt, capsize=4, color=color)
-        ax.annotate(str(r["label"]), (r[xk], r["AP"]), textcoords="offset points", xytext=(6, 6), fontsize=8)
+        ax.errorbar(r[xk], r[yk], xerr=r[xerrk] or 0.0, fmt=fmt, capsize=4, color=color)
+        ax.annotate(str(r["label"]), (r[xk], r[yk]), textcoords="offset points", xytext=(6, 6), fontsize=8)
     if paper:
         for label, x, xerr, ap in PAPER_POINTS:
             ax.errorbar(x, ap, xerr=xerr, fmt="^", capsize=4, color="gray", alpha=0.8)
             ax.annotate(label, (x, ap), textcoords="offset points", xytext=(6, -12), fontsize=7, color="gray")
     ax.margins(x=0.15, y=0.12)  # room for the labels
     ax.set_xlabel(xlabel)
-    ax.set_ylabel("COCO-style AP@[.5:.95] (bbox)")
+    ax.set_ylabel(f"COCO-style AP@[.5:.95] ({metric})")
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -276,6 +303,16 @@ def main(argv=None) -> List[Dict[str, object]]:
     except (FileNotFoundError, ValueError) as e:
         sys.exit(f"plot_tradeoff.py: error: {e}")
     rows = [table_row(run, labels[i] if labels else None) for i, run in enumerate(runs)]
+    fpn = {str(r["arch"]).startswith("FPN") for r in rows}
+    if args.x == "r101" and len(fpn) > 1:
+        sys.exit("plot_tradeoff.py: error: --x r101 cannot mix C4 and FPN runs (their dense ResNet-101 references "
+                 "differ: the C4 extractor vs the R-101-FPN extractor); use --x dense or --x gflops")
+    if args.paper and True in fpn:
+        sys.exit("plot_tradeoff.py: error: --paper draws the paper's C4 points (% of the R-101 C4 extractor); "
+                 "they cannot be drawn with FPN runs")
+    if args.metric == "segm" and any(r["segm_AP"] is None for r in rows):
+        sys.exit("plot_tradeoff.py: error: --metric segm needs mask AP (segm/AP) in every run; "
+                 + ", ".join(str(r["source"]) for r in rows if r["segm_AP"] is None) + " has none")
     print(f"dataset: {dataset or 'not recorded'}")
     print(format_table(rows))
     out_dir = os.path.dirname(os.path.abspath(args.output))
@@ -283,7 +320,7 @@ def main(argv=None) -> List[Dict[str, object]]:
     write_csv(rows, args.output + ".csv")
     written = [args.output + ".csv"]
     if not args.no_plot:
-        plot(rows, args.x, args.output + ".png", paper=args.paper)
+        plot(rows, args.x, args.output + ".png", paper=args.paper, metric=args.metric)
         written.append(args.output + ".png")
     print("wrote " + ", ".join(written))
     return rows

@@ -29,6 +29,7 @@ def add_sact_model_config(cfg: CN) -> None:
     cfg.MODEL.SACT.VARIANT = "detectron2"  # "detectron2" (post-activation ResNets) or "original" (the SACT code's networks)
     cfg.MODEL.SACT.ORIGINAL_UNITS = []  # VARIANT original, ImageNet net: units per block, e.g. [3, 4, 23, 3]; [] = from DEPTH
     cfg.MODEL.SACT.ORIGINAL_BASE_CHANNELS = 64  # VARIANT original, ImageNet net: bottleneck width of block 1 (blocks: x1, x2, x4, x8)
+    cfg.MODEL.SACT.META_ARCHITECTURE = "GeneralizedRCNN"  # META_ARCHITECTURE AdaptiveDetector: the detectron2 meta-architecture it wraps (e.g. RetinaNet)
 
 
 def validate_sact_cfg(cfg: CN) -> None:
@@ -58,6 +59,9 @@ def validate_sact_cfg(cfg: CN) -> None:
     if s.VARIANT == "original" and s.EXECUTION != "dense":
         raise ValueError(f"cfg.MODEL.SACT.EXECUTION {s.EXECUTION!r} is not implemented for VARIANT original "
                          "(its pre-activation units have no sparse kernels); use EXECUTION dense")
+    if not s.META_ARCHITECTURE or s.META_ARCHITECTURE == "AdaptiveDetector":
+        raise ValueError(f"cfg.MODEL.SACT.META_ARCHITECTURE must name the detectron2 meta-architecture that "
+                         f"AdaptiveDetector wraps (e.g. GeneralizedRCNN, RetinaNet), got {s.META_ARCHITECTURE!r}")
     bad = [st for st in s.STAGES if st not in VALID_STAGES]
     if bad:
         raise ValueError(f"cfg.MODEL.SACT.STAGES has unknown stage name(s) {bad}; valid: {VALID_STAGES}")

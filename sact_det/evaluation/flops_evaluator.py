@@ -1,6 +1,6 @@
 """FLOPs / ponder-cost evaluator: computation per image next to COCO AP.
 
-For every evaluated image it reads what AdaptiveRCNN's inference returned (``flops`` and
+For every evaluated image it reads what AdaptiveRCNN's / AdaptiveDetector's inference returned (``flops`` and
 ``ponder_maps``) and the resized input size (``inputs["image"]``, (C,H,W)), and reports over the
 data set (image-level mean and std, as the original SACT code does):
 
@@ -8,7 +8,9 @@ data set (image-level mean and std, as the original SACT code does):
   halting) and the dense ResNet-``REFERENCE_DEPTH`` extractor of the same variant
   (cfg.MODEL.SACT.VARIANT: detectron2's v1 ResNet, or the original SACT code's pre-activation v2 for
   "original"), both at the same input sizes; this model's FLOPs as % of each (per-image ratios);
-  whole-model GFLOPs (RPN and box head included).
+  whole-model GFLOPs (RPN and box head included). For FPN backbones (:class:`SACTFPN`) the extractor is
+  the bottom-up ResNet + the FPN layers, the dense reference the same extractor with every unit run,
+  and the ResNet-``REFERENCE_DEPTH`` reference detectron2's default-width R-``REFERENCE_DEPTH``-FPN.
 - ``ponder_eval``: per adaptive stage, the ponder cost rho and the units executed per position
   (mean and std over images of the per-image mean), and the fraction of adaptive units run.
 """
@@ -25,6 +27,7 @@ from tabulate import tabulate
 
 from ..config.constants import STAGE_ORDER
 from ..modeling.sact.flops import backbone_flops, dense_backbone_flops
+from ..modeling.sact.fpn import SACTFPN, dense_fpn_reference_flops
 
 __all__ = ["FlopsEvaluator", "units_from_ponder", "summarize_records"]
 
@@ -103,8 +106,10 @@ class FlopsEvaluator(DatasetEvaluator):
         self._stride_in_1x1 = bool(cfg.MODEL.RESNETS.STRIDE_IN_1X1)
         self._variant = str(cfg.MODEL.SACT.VARIANT)  # reference of the same family
         self._backbone = build_meta_backbone(cfg)
-        stages = list(getattr(self._backbone, "adaptive_stages", []))
-        self._stage_units = OrderedDict((s, len(getattr(self._backbone, s))) for s in stages)
+        self._fpn = isinstance(self._backbone, SACTFPN)
+        resnet = self._backbone.bottom_up if self._fpn else self._backbone
+        stages = list(getattr(resnet, "adaptive_stages", []))
+        self._stage_units = OrderedDict((s, len(getattr(resnet, s))) for s in stages)
         self._dense_cache: Dict[Tuple[int, int], float] = {}
         self._ref_cache: Dict[Tuple[int, int], float] = {}
         self._records: List[dict] = []
@@ -113,7 +118,11 @@ class FlopsEvaluator(DatasetEvaluator):
         self._records = []
 
     def _dense(self, hw: Tuple[int, int]) -> Tuple[float, float]:
-        if hw not in self._dense_cache:
+        if hw not in self._dense_cache and self._fpn:
+            self._dense_cache[hw] = self._backbone.dense_flops(hw)
+            self._ref_cache[hw] = dense_fpn_reference_flops(self._backbone, hw, self._reference_depth,
+                                                            self._stride_in_1x1)
+        elif hw not in self._dense_cache:
             self._dense_cache[hw] = backbone_flops(self._backbone, hw, ponder={})
             self._ref_cache[hw] = dense_backbone_flops(hw, depth=self._reference_depth, out_feature=self._out_feature,
                                                        stride_in_1x1=self._stride_in_1x1, variant=self._variant)
@@ -124,7 +133,8 @@ class FlopsEvaluator(DatasetEvaluator):
             if "flops" not in out:
                 raise KeyError(
                     "FlopsEvaluator needs per-image 'flops' in the model outputs, which "
-                    "cfg.MODEL.META_ARCHITECTURE='AdaptiveRCNN' returns; got keys " + str(sorted(out)))
+                    "cfg.MODEL.META_ARCHITECTURE='AdaptiveRCNN' or 'AdaptiveDetector' returns; got keys "
+                    + str(sorted(out)))
             if "image" not in inp:  # height / width are the original size, not the size the model ran at
                 raise KeyError(
                     "FlopsEvaluator needs the resized input image (inputs[i]['image'], (C,H,W), as detectron2's "
@@ -153,7 +163,7 @@ class FlopsEvaluator(DatasetEvaluator):
             return OrderedDict()
         flops, ponder = summarize_records(records, self._stage_units, self._reference_depth)
         logger.info("FLOPs and ponder cost on %s (%d images):\n%s", self._dataset_name or "the data set",
-                    len(records), format_table(flops, ponder, self._reference_depth, self._variant))
+                    len(records), format_table(flops, ponder, self._reference_depth, self._variant, self._fpn))
         results = OrderedDict(flops=flops)
         if ponder:
             results["ponder_eval"] = ponder
@@ -161,10 +171,12 @@ class FlopsEvaluator(DatasetEvaluator):
 
 
 def format_table(flops: Dict[str, float], ponder: Dict[str, float], reference_depth: int,
-                 variant: str = "detectron2") -> str:
-    """Human-readable table of the evaluator's results (``variant``: the reference ResNet's family)."""
+                 variant: str = "detectron2", fpn: bool = False) -> str:
+    """Human-readable table of the evaluator's results (``variant``: the reference ResNet's family;
+    ``fpn``: the extractor and the reference include FPN layers)."""
     ref = f"r{reference_depth}"
-    ref_name = f"dense ResNet-{reference_depth}{' v2 (original)' if variant == 'original' else ''} extractor"
+    ref_name = f"dense ResNet-{reference_depth}{' v2 (original)' if variant == 'original' else ''}" \
+               f"{'-FPN' if fpn else ''} extractor"
     rows = [
         ["feature extractor (this model)", f"{flops['extractor_gflops_mean']:.3f} ± {flops['extractor_gflops_std']:.3f}",
          f"{flops['pct_of_dense_mean']:.1f} ± {flops['pct_of_dense_std']:.1f}",
@@ -172,8 +184,8 @@ def format_table(flops: Dict[str, float], ponder: Dict[str, float], reference_de
         ["same architecture, dense", f"{flops['dense_gflops_mean']:.3f}", "100.0",
          f"{100 * flops['dense_gflops_mean'] / flops[f'{ref}_gflops_mean']:.1f}"],
         [ref_name, f"{flops[f'{ref}_gflops_mean']:.3f}", "", "100.0"],
-        ["whole model (+ RPN, box head)", f"{flops['model_gflops_mean']:.3f} ± {flops['model_gflops_std']:.3f}", "",
-         ""],
+        ["whole model (+ heads)" if fpn else "whole model (+ RPN, box head)",
+         f"{flops['model_gflops_mean']:.3f} ± {flops['model_gflops_std']:.3f}", "", ""],
     ]
     table = tabulate(rows, headers=["GFLOPs per image", "mean ± std", "% of dense", f"% of R-{reference_depth}"],
                      tablefmt="pipe")
