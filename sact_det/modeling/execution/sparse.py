@@ -12,7 +12,7 @@ faster than NCHW ones (whole rows of C values are gathered instead of strided co
 The halting branch and the output accumulation have sparse versions in :mod:`.sparse_halting`.
 """
 import weakref
-from typing import Callable, Tuple
+from typing import Callable, List, Optional, Tuple
 
 import torch
 from torch import nn
@@ -23,7 +23,7 @@ from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
 
 __all__ = [
     "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "cached_fold", "release_folds",
-    "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward",
+    "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward", "active_density",
 ]
 
 
@@ -49,6 +49,12 @@ def release_folds(module: nn.Module) -> None:
         _FOLD_CACHE.pop(m, None)
 
 
+def active_density(active: torch.Tensor) -> List[float]:
+    """Active fraction of each image of a (B,1,H,W) / (B,1,1,1) bool mask, on the host (one synchronisation:
+    compute it once per unit and pass it as ``density`` to the sparse functions)."""
+    return active.reshape(active.shape[0], -1).float().mean(1).tolist()
+
+
 def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:
     if not isinstance(folded, FoldedUnit):
         raise TypeError(f"sparse_unit_forward: expected a FoldedUnit (see fold_unit), got {type(folded).__name__}")
@@ -65,14 +71,16 @@ def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:
 
 
 def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor,
-                        max_density: float = 1.0, inplace: bool = False) -> torch.Tensor:
+                        max_density: float = 1.0, inplace: bool = False,
+                        density: Optional[List[float]] = None) -> torch.Tensor:
     """``torch.where(active, block(x), x)`` computed only where needed.
 
     x: (B,C,H,W) float; active: (B,1,H,W) bool, or (B,1,1,1) for ACT (whole image on/off).
     Images with no active position are copied (if no image is active, ``x`` itself is returned);
     images with active fraction >= ``max_density`` (and whole-image masks) run the dense folded
     unit; the rest run the gather kernel (``max_density > 1`` forces it even for full images).
-    ``inplace=True`` lets the result be written into ``x`` (if x is NCHW- or channels-last-
+    ``density``: :func:`active_density` of ``active`` if the caller has it. ``inplace=True`` lets the result
+    be written into ``x`` (if x is NCHW- or channels-last-
     contiguous; x must not be used afterwards). Returns (B,C,H,W) in the dtype of x, and in the
     memory format of x when the gather kernel ran (under ``torch.autocast`` with a bf16 / fp16 x
     the whole unit runs in that dtype, see :meth:`FoldedUnit.to_dtype`). Channels-last is faster
@@ -82,7 +90,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     folded = folded.to_dtype(x.dtype)  # under autocast: the fold rounded to the bf16 / fp16 state
     B, C, H, W = x.shape
     whole = active.shape[2:] == (1, 1)
-    frac = active.reshape(B, -1).float().mean(1).tolist()
+    frac = active_density(active) if density is None else density
     if not any(frac):
         return x
     dense_ids = [b for b, d in enumerate(frac) if d > 0 and (whole or d >= max_density)]

@@ -15,7 +15,7 @@ up to fp32 round-off. Eval only, no autograd. Under ``torch.autocast`` (x in bf1
 tap GEMM runs in x's dtype; the map statistics and the score are computed in float32 and
 ``out`` may be float32 (the halting state's dtype, :func:`.act.state_dtype`).
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +107,8 @@ def supports_sparse_halting(halting: nn.Module) -> bool:
         and conv.padding == (k[0] // 2, k[1] // 2) and ok_norm and linear and not halting.training
 
 
-def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[torch.Tensor] = None) -> torch.Tensor:
+def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[torch.Tensor] = None,
+                   density: Optional[List[float]] = None) -> torch.Tensor:
     """Halting score at the active positions: x (B,C,H,W), active (B,1,H,W) bool or None (all positions)
     -> h (B,1,H,W), 0 where not active, in :func:`.act.state_dtype` of x (float32 for bf16 / fp16 x).
 
@@ -122,7 +123,8 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
     k2, p = conv.kernel_size[0] * conv.kernel_size[1], conv.padding[0]
     acc = state_dtype(x.dtype)  # the score's dtype; the tap GEMM runs in x's dtype (autocast: bf16 / fp16)
     views = [MapView(x[b]) for b in range(B)]
-    dens = [1.0] * B if active is None else active.reshape(B, -1).float().mean(1).tolist()
+    dens = [1.0] * B if active is None else density if density is not None else \
+        active.reshape(B, -1).float().mean(1).tolist()
     gathered = [0 < f < GATHER_TAPS_BELOW for f in dens]
     fixed_global = _fixed_affine(halting.global_norm, halting.global_conv.weight)
     if fixed_global is not None and not any(gathered):
@@ -171,14 +173,14 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
 
 
 def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor, active: torch.Tensor,
-                       max_density: float = 0.5) -> torch.Tensor:
+                       max_density: float = 0.5, density: Optional[List[float]] = None) -> torch.Tensor:
     """out += weight * x, touching only active positions (weight is 0 elsewhere); in place, returns out.
 
     out, x: (B,C,H,W) same memory format; weight: (B,1,H,W); active: (B,1,H,W) bool. Images with
     active fraction >= ``max_density`` use one dense in-place pass.
     """
     B, C, H, W = x.shape
-    frac = active.reshape(B, -1).float().mean(1).tolist()
+    frac = active.reshape(B, -1).float().mean(1).tolist() if density is None else density
     for b, f in enumerate(frac):
         if f == 0:
             continue

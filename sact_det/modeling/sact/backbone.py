@@ -91,21 +91,22 @@ class SACTStage(nn.Sequential):
         x = dense_folded_forward(sparse.cached_fold(self[0], fold_block), x)
         per_image = self.sparse_max_density if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
-        active = None
+        active, density = None, None
         replay = self._replay
         for index, block in enumerate(self):
             if index > 0:
                 active = state.active if replay is None else (replay[index - 1] if index - 1 < len(replay) else None)
-                if active is None or not bool(active.any()):
+                density = None if active is None else sparse.active_density(active)  # the unit's one host sync
+                if density is None or not any(density):
                     break  # every position halted: the remaining units run nowhere
                 masks.append(active)
                 # per image: gather kernel below the density threshold, dense folded unit above it
                 x = sparse.sparse_unit_forward(sparse.cached_fold(block), x, active, max_density=per_image,
-                                               inplace=True)
+                                               inplace=True, density=density)
             last = index == num - 1
             h = None
             if not last:  # SACT: the score only where the position is still active (everywhere after unit 0)
-                h = sparse_halting(block.halting, x, active) if supports_sparse_halting(block.halting) \
+                h = sparse_halting(block.halting, x, active, density) if supports_sparse_halting(block.halting) \
                     else block.halting(x)
             like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
             weight = state.step(h, last=last, like=like)
@@ -114,7 +115,7 @@ class SACTStage(nn.Sequential):
             elif active.shape[2:] == (1, 1):
                 out.add_(weight * x)
             else:
-                masked_accumulate_(out, weight, x, active)
+                masked_accumulate_(out, weight, x, active, density=density)
         self._record(state, masks, x.shape)
         return out.to(x.dtype).contiguous(memory_format=fmt)  # out: accumulated in float32 under autocast
 

@@ -49,21 +49,20 @@ def stage_flops(stage: nn.Module, hw: HW, ponder: Optional["StagePonder"], index
     num_pos = hw[0] * hw[1]
     if ponder is not None:
         flops += _halting_flops(getattr(stage[0], "halting", None), num_pos)
+    counts = []  # (active, dilated) positions of units 1.. on the image: one host transfer per stage
+    if ponder is not None and ponder.masks:
+        m = torch.stack([mk[index, 0] for mk in ponder.masks[: len(stage) - 1]])  # (n, Hs, Ws)
+        counts = torch.stack([m[:, : hw[0], : hw[1]].sum((1, 2)), dilate(m)[:, : hw[0], : hw[1]].sum((1, 2))],
+                             1).tolist()
     for l in range(1, len(stage)):
         block = stage[l]
         if ponder is None:
             flops += unit_flops(block, hw)[0]
             continue
-        if l - 1 >= len(ponder.masks):  # every position had halted: the unit ran nowhere
+        n_active, n_dilated = counts[l - 1] if l - 1 < len(counts) else (0, 0)
+        if n_active == 0:  # every position had halted, or none was active: the unit ran nowhere
             flops += _idle_halting_flops(stage, block)
             continue
-        mask = ponder.masks[l - 1][index, 0]
-        active = mask[: hw[0], : hw[1]]
-        n_active = float(active.sum())
-        if n_active == 0:
-            flops += _idle_halting_flops(stage, block)
-            continue
-        n_dilated = float(dilate(mask)[: hw[0], : hw[1]].sum())
         convs = unit_convs(block)
         flops += conv_flops(convs[0], n_dilated) + sum(conv_flops(c, n_active) for c in convs[1:])
         flops += _halting_flops(getattr(block, "halting", None), n_active)
