@@ -11,6 +11,7 @@ from PIL import Image
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
 
+import benchmark_detector  # noqa: E402
 import benchmark_sparse  # noqa: E402
 import benchmark_train  # noqa: E402
 import draw_ponder_maps  # noqa: E402
@@ -182,6 +183,20 @@ def test_benchmark_train_rejects_different_depths(tmp_path):
                      "MODEL:\n  RESNETS:\n    DEPTH: 18\n    RES2_OUT_CHANNELS: 64\n")
     with pytest.raises(SystemExit, match="depths differ: 50 vs 18"):
         benchmark_train.main(["--config-file", DEMO_CFG, "--dense-config", str(dense), "--iters", "1"])
+
+
+# ----------------------------------------------------------------------------- benchmark_detector
+def test_benchmark_detector_replays_masks_and_equalizes_proposals(capsys, trained_weights):
+    """The full-width R-50 C4 detector on the demo detector's replayed masks, at a toy size: every variant's box
+    head gets the same proposals, and the extractor FLOPs are those of the replayed masks."""
+    res = benchmark_detector.main(["--replay-weights", trained_weights, "--replay-config", DEMO_CFG, "--depths", "50",
+                                   "--image-size", "64", "96", "--images", "1", "--rounds", "1", "--proposals", "7"])
+    (row,) = res["rows"]
+    assert row["how"].startswith("replayed masks")
+    assert {c["proposals"] for c in row["counts"].values()} == {7}
+    assert 0.0 < row["flops_fraction"] <= 1.1 and row["baseline"] in ("folded", "folded_cl")
+    assert row["counts"]["sact"]["syncs"] > 0 and row["counts"]["folded"]["ops"] > 0
+    assert "| SACT R-50 C4 |" in capsys.readouterr().out
 
 
 # ----------------------------------------------------------------------------- benchmark_sparse

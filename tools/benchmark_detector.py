@@ -159,8 +159,7 @@ def main(argv=None) -> Dict[str, object]:
             p.error("--clock cpu measures one thread: use it with --threads 1")
         bs.CLOCK = time.thread_time
     hw = tuple(args.image_size)
-    replay_all = bs.replayed_masks(argparse.Namespace(config=args.replay_config, weights=args.replay_weights),
-                                   args.images, hw) if args.replay_weights else None
+    replay_all = bs.replayed_masks(args, args.images, hw) if args.replay_weights else None
     rows = []
     for depth in args.depths:
         cfg, sact, dense = build_detectors(CONFIGS[depth], list(args.opts or []))
