@@ -178,8 +178,8 @@ def main(argv=None) -> Dict[str, object]:
                         fracs.append(flops_fraction(bb, [img]))
                 frac = statistics.mean(fracs)
             else:
-                target = args.target_flops if replay_all is None else statistics.mean(
-                    _replayed_fraction_r50(args, normalized, replay_all))
+                target = args.target_flops if replay_all is None else min(1.0, statistics.mean(
+                    _replayed_fraction_r50(args, normalized, replay_all)))  # > 1: halting branches, nothing halts
                 randomize_halting(bb)
                 bias = calibrate_halting(bb, normalized[:2], target)
                 frac = flops_fraction(bb, normalized)
