@@ -3,7 +3,7 @@
 # the command on its first line). Needs a quiet machine (nothing else running) and, for the detector
 # benchmark, a trained SACT demo detector (REPLAY, default: the seed-1 run of scripts/demo_seeds.sh).
 #
-#   bash scripts/benchmarks.sh                  # about 20 min on 2 cores
+#   bash scripts/benchmarks.sh                  # about 30 min on 2 cores
 #   OUT=/tmp/results REPLAY=output/demo/sact_R_50_C4/model_final.pth bash scripts/benchmarks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -21,7 +21,8 @@ run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last
   --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
 run unit_1thread tools/benchmark_sparse.py --part unit --threads 1 --clock cpu --densities 0.25 0.5 0.75 1.0 --rounds 15
 run unit_2threads tools/benchmark_sparse.py --part unit --threads 2 --densities 0.25 0.5 0.75 1.0 --rounds 15
-run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 2 --rounds 3
+run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 1 --rounds 2 \
+  --proposals 300
 run train_demo tools/benchmark_train.py --config-file configs/Demo/sact_R_50_C4.yaml --iters 16 --warmup 2 --threads 2 \
   --json "$OUT/train_demo.json"
 run train_coco_r50_800px tools/benchmark_train.py --config-file configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml \

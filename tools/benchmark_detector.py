@@ -162,6 +162,8 @@ def main(argv=None) -> Dict[str, object]:
     replay_all = bs.replayed_masks(args, args.images, hw) if args.replay_weights else None
     rows = []
     for depth in args.depths:
+        print(f"[benchmark_detector] R-{depth}: building, calibrating / replaying, counting ops, "
+              f"{args.rounds} timed rounds ...", flush=True)
         cfg, sact, dense = build_detectors(CONFIGS[depth], list(args.opts or []))
         inputs = raw_images(cfg, args.images, hw)
         bb = sact.backbone
