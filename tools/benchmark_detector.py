@@ -160,6 +160,7 @@ def main(argv=None) -> Dict[str, object]:
         bs.CLOCK = time.thread_time
     hw = tuple(args.image_size)
     replay_all = bs.replayed_masks(args, args.images, hw) if args.replay_weights else None
+    replay_depth = _config_depth(args.replay_config) if args.replay_weights else None
     rows = []
     for depth in args.depths:
         print(f"[benchmark_detector] R-{depth}: building, calibrating / replaying, counting ops, "
@@ -168,9 +169,7 @@ def main(argv=None) -> Dict[str, object]:
         inputs = raw_images(cfg, args.images, hw)
         bb = sact.backbone
         normalized = [((inp["image"] - sact.pixel_mean) / sact.pixel_std)[None] for inp in inputs]
-        units = {s: len(getattr(bb, s)) - 1 for s in bb.adaptive_stages}
-        replay = replay_all if replay_all is not None and \
-            all(len(replay_all[0].get(s, [])) == n for s, n in units.items()) else None
+        replay = replay_all if replay_all is not None and replay_depth == depth else None
         with torch.no_grad():
             if replay is not None:
                 target, how = None, f"replayed masks of {args.replay_weights}"
@@ -213,6 +212,14 @@ def main(argv=None) -> Dict[str, object]:
               f"| {r['ratio_vs_d2']:.3f} | {c['sact']['ops']} / {c['folded']['ops']} "
               f"| {c['sact']['syncs']} / {c['folded']['syncs']} | {c['sact']['proposals']} / {c['folded']['proposals']} |")
     return {"rows": rows}
+
+
+def _config_depth(config: str) -> int:
+    from sact_det.config import get_sact_cfg
+
+    cfg = get_sact_cfg()
+    cfg.merge_from_file(config)
+    return int(cfg.MODEL.RESNETS.DEPTH)
 
 
 def _replayed_fraction_r50(args, normalized, replay_all) -> List[float]:
