@@ -23,7 +23,7 @@ from torch import nn
 
 from ..core.contract import AdaptiveBackbone
 from ..core.flop_rules import HookFlopCounter
-from .rcnn import AdaptiveRCNN, event_storage
+from .rcnn import AdaptiveRCNN, add_image_outputs, log_scalars
 
 __all__ = ["AdaptiveDetector", "attach_contract"]
 
@@ -62,16 +62,9 @@ def _after_forward(model: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, An
     head_total = _close_counter(model)
     if model.training:
         output.update(backbone.extra_losses())
-        storage = event_storage()
-        if storage is not None:
-            for name, value in backbone.log_statistics().items():
-                storage.put_scalar(name, value, smoothing_hint=True)
+        log_scalars(backbone.log_statistics())
         return output
-    head_share = head_total / max(len(output), 1)
-    for i, result in enumerate(output):
-        flops = backbone.image_flops(i)
-        result["flops"] = {"backbone": flops, "model": flops + head_share}
-        result.update(backbone.image_outputs(i))
+    add_image_outputs(backbone, output, head_total)
     return output
 
 

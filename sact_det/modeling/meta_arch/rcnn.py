@@ -15,7 +15,7 @@ from detectron2.utils.events import get_event_storage
 from ..core.contract import AdaptiveBackbone
 from ..core.flop_rules import HookFlopCounter
 
-__all__ = ["AdaptiveRCNN", "event_storage"]
+__all__ = ["AdaptiveRCNN", "event_storage", "log_scalars", "add_image_outputs"]
 
 
 def event_storage():
@@ -24,6 +24,25 @@ def event_storage():
         return get_event_storage()
     except AssertionError:
         return None
+
+
+def log_scalars(scalars) -> None:
+    """Put {name: value} into the current EventStorage (smoothed); nothing outside a trainer."""
+    storage = event_storage()
+    if storage is None:
+        return
+    for name, value in scalars.items():
+        storage.put_scalar(name, value, smoothing_hint=True)
+
+
+def add_image_outputs(backbone: AdaptiveBackbone, results, head_flops: float) -> None:
+    """Per inference result i: ``flops`` = {"backbone": the backbone's image_flops(i), "model": that + the
+    image's share of ``head_flops``} and the backbone's image_outputs(i); in place."""
+    head_share = head_flops / max(len(results), 1)
+    for i, out in enumerate(results):
+        bb = backbone.image_flops(i)
+        out["flops"] = {"backbone": bb, "model": bb + head_share}
+        out.update(backbone.image_outputs(i))
 
 
 @META_ARCH_REGISTRY.register()
@@ -48,25 +67,13 @@ class AdaptiveRCNN(GeneralizedRCNN):
             return self.inference(batched_inputs)
         losses = super().forward(batched_inputs)
         losses.update(self.backbone.extra_losses())
-        self._log(self.backbone.log_statistics())
+        log_scalars(self.backbone.log_statistics())
         return losses
-
-    @staticmethod
-    def _log(scalars) -> None:
-        storage = event_storage()
-        if storage is None:
-            return
-        for name, value in scalars.items():
-            storage.put_scalar(name, value, smoothing_hint=True)
 
     def inference(self, batched_inputs, detected_instances=None, do_postprocess: bool = True):
         with HookFlopCounter([self.proposal_generator, self.roi_heads]) as head_counter:
             results = super().inference(batched_inputs, detected_instances, do_postprocess)
         if not do_postprocess:
             return results
-        head_share = head_counter.total / max(len(results), 1)
-        for i, out in enumerate(results):
-            bb = self.backbone.image_flops(i)
-            out["flops"] = {"backbone": bb, "model": bb + head_share}
-            out.update(self.backbone.image_outputs(i))
+        add_image_outputs(self.backbone, results, head_counter.total)
         return results

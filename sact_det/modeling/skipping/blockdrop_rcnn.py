@@ -19,7 +19,7 @@ from detectron2.config import configurable
 from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 
-from ..meta_arch.rcnn import AdaptiveRCNN, event_storage as _storage
+from ..meta_arch.rcnn import AdaptiveRCNN, event_storage as _storage, log_scalars
 from .blockdrop import BlockDropResNet, blockdrop_reward, bounded_probs, detection_correct, reinforce_loss
 
 __all__ = ["BlockDropRCNN"]
@@ -110,7 +110,7 @@ class BlockDropRCNN(AdaptiveRCNN):
         losses = {k: v.mean() for k, v in det.items()}
         losses["loss_policy"] = self.policy_loss_weight * loss_policy + unused  # + 0 * unused params (DDP)
         self._log_policy(sample, correct, r_sample, learn)
-        self._log(self.backbone.log_statistics())  # units run by the sampled policy
+        log_scalars(self.backbone.log_statistics())  # units run by the sampled policy
         return losses
 
     def _log_policy(self, sample, correct, reward, learn) -> None:
