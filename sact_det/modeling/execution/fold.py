@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectron2.layers import FrozenBatchNorm2d
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock
+
+from ..core.norms import inference_affine
 
 __all__ = ["FoldedConv", "FoldedUnit", "fold_conv", "fold_unit", "fold_block", "dense_folded_forward",
            "folded_weight_bias", "fold_norms"]
@@ -100,22 +101,17 @@ def _norm_scale_shift(norm: Optional[nn.Module], c_out: int, where: str) -> Tupl
     """Per-channel (scale, shift) of an inference-mode norm layer (identity when ``norm`` is None)."""
     if norm is None:
         return torch.ones(c_out), torch.zeros(c_out)
-    if isinstance(norm, FrozenBatchNorm2d):
-        mean, var, gamma, beta, eps = norm.running_mean, norm.running_var, norm.weight, norm.bias, norm.eps
-    elif isinstance(norm, nn.modules.batchnorm._BatchNorm):
+    if isinstance(norm, nn.modules.batchnorm._BatchNorm):
         if norm.training and norm.track_running_stats:
             raise ValueError(f"fold_unit: {where}.norm ({type(norm).__name__}) is in training mode; "
                              "sparse execution is inference-only, call model.eval() first")
         if norm.running_mean is None:
             raise ValueError(f"fold_unit: {where}.norm has no running statistics (track_running_stats=False)")
-        mean, var, eps = norm.running_mean, norm.running_var, norm.eps
-        gamma = norm.weight if norm.weight is not None else torch.ones_like(mean)
-        beta = norm.bias if norm.bias is not None else torch.zeros_like(mean)
-    else:
+    fixed = inference_affine(norm)
+    if fixed is None:
         raise ValueError(f"fold_unit: cannot fold {where}.norm of type {type(norm).__name__}; "
                          "sparse execution supports FrozenBN / BN / SyncBN (cfg.MODEL.RESNETS.NORM)")
-    scale = gamma.detach() * torch.rsqrt(var.detach() + eps)
-    return scale, beta.detach() - mean.detach() * scale
+    return fixed[0].detach(), fixed[1].detach()
 
 
 def folded_weight_bias(conv: nn.Conv2d, where: str, what: str) -> Tuple[torch.Tensor, torch.Tensor]:

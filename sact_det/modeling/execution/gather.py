@@ -7,7 +7,7 @@ whose rows are gathered from the conv1 output kept channel-last with one extra z
 stands for the zero padding (and for positions outside the dilated mask, which are never read).
 Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers.
 """
-from typing import Dict, Iterator, Tuple
+from typing import Dict, Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -15,9 +15,15 @@ import torch.nn.functional as F
 from ..core.flop_rules import dilate
 from .fold import FoldedConv, FoldedUnit
 
-__all__ = ["MapView", "Scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image"]
+__all__ = ["MapView", "Scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image", "active_density"]
 
 CHUNK_ROWS = 1024  # positions per chunk: bounds the scratch memory, keeps a chunk in cache
+
+
+def active_density(active: torch.Tensor) -> List[float]:
+    """Active fraction of each image of a (B,1,H,W) / (B,1,1,1) bool mask, on the host (one synchronisation:
+    compute it once per unit and pass it as ``density`` to the sparse functions)."""
+    return active.reshape(active.shape[0], -1).float().mean(1).tolist()
 
 
 class Scratch:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ...config.constants import EXECUTION_MODES, SPARSE_MAX_DENSITY  # re-exported: defined once there
 from .fold import FoldedUnit, dense_folded_forward, fold_unit
-from .gather import MapView, Scratch, basic_image, bottleneck_image, dilate
+from .gather import MapView, Scratch, active_density, basic_image, bottleneck_image, dilate
 
 __all__ = [
     "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "cached_fold", "release_folds",
@@ -47,12 +47,6 @@ def release_folds(module: nn.Module) -> None:
     """Drop the cached folds of ``module`` and its submodules (e.g. when it goes back to training)."""
     for m in module.modules():
         _FOLD_CACHE.pop(m, None)
-
-
-def active_density(active: torch.Tensor) -> List[float]:
-    """Active fraction of each image of a (B,1,H,W) / (B,1,1,1) bool mask, on the host (one synchronisation:
-    compute it once per unit and pass it as ``density`` to the sparse functions)."""
-    return active.reshape(active.shape[0], -1).float().mean(1).tolist()
 
 
 def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:

@@ -23,37 +23,30 @@ from torch import nn
 
 from detectron2.layers import FrozenBatchNorm2d
 
+from ..core.norms import inference_affine
 from ..halting.branches import SpatialHalting, shift_sum
 from ..halting.state import state_dtype
-from .gather import MapView, dilate, neighbour_index
+from .gather import MapView, active_density, dilate, neighbour_index
 
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
 
 
-def _channel_affine(norm: nn.Module, mean: torch.Tensor,
-                    var: Optional[torch.Tensor]) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(a, d) with norm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel map statistics
-    (var: GroupNorm only)."""
+def _group_norm_affine(norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(a, d), each (B,C), with GroupNorm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel
+    map statistics, combined per group in float64."""
     B, C = mean.shape
-    if isinstance(norm, nn.Identity):
-        return torch.ones_like(mean), torch.zeros_like(mean)
-    if isinstance(norm, nn.GroupNorm):
-        g = norm.num_groups
-        m64, v64 = mean.double().view(B, g, -1), var.double().view(B, g, -1)
-        gm = m64.mean(2, keepdim=True)
-        gv = (v64 + m64 ** 2).mean(2, keepdim=True) - gm ** 2  # E[x^2] - E[x]^2 over the group
-        rstd = torch.rsqrt(gv.clamp_min(0) + norm.eps).expand(B, g, C // g).reshape(B, C)
-        gm = gm.expand(B, g, C // g).reshape(B, C)
-        w = norm.weight.double() if norm.weight is not None else 1.0
-        b = norm.bias.double() if norm.bias is not None else 0.0
-        a = rstd * w
-        return a.to(mean.dtype), (b - gm * a).to(mean.dtype)
-    if isinstance(norm, (FrozenBatchNorm2d, nn.modules.batchnorm._BatchNorm)) and not norm.training:
-        a = norm.weight * torch.rsqrt(norm.running_var + norm.eps)
-        return a.expand(B, C), (norm.bias - norm.running_mean * a).expand(B, C)
-    raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
+    g = norm.num_groups
+    m64, v64 = mean.double().view(B, g, -1), var.double().view(B, g, -1)
+    gm = m64.mean(2, keepdim=True)
+    gv = (v64 + m64 ** 2).mean(2, keepdim=True) - gm ** 2  # E[x^2] - E[x]^2 over the group
+    rstd = torch.rsqrt(gv.clamp_min(0) + norm.eps).expand(B, g, C // g).reshape(B, C)
+    gm = gm.expand(B, g, C // g).reshape(B, C)
+    w = norm.weight.double() if norm.weight is not None else 1.0
+    b = norm.bias.double() if norm.bias is not None else 0.0
+    a = rstd * w
+    return a.to(mean.dtype), (b - gm * a).to(mean.dtype)
 
 
 def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -62,8 +55,12 @@ def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch
     conv weight that reads the normalized map (gives C, device and dtype)."""
     if isinstance(norm, nn.GroupNorm):
         return None
-    a, d = _channel_affine(norm, weight.new_zeros(1, weight.shape[1]), None)
-    return a[0], d[0]
+    if isinstance(norm, nn.Identity):
+        return weight.new_ones(weight.shape[1]), weight.new_zeros(weight.shape[1])
+    fixed = inference_affine(norm)
+    if fixed is None:
+        raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
+    return fixed
 
 
 def _channel_stats(x: MapView, need_var: bool = True,
@@ -123,8 +120,7 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
     k2, p = conv.kernel_size[0] * conv.kernel_size[1], conv.padding[0]
     acc = state_dtype(x.dtype)  # the score's dtype; the tap GEMM runs in x's dtype (autocast: bf16 / fp16)
     views = [MapView(x[b]) for b in range(B)]
-    dens = [1.0] * B if active is None else density if density is not None else \
-        active.reshape(B, -1).float().mean(1).tolist()
+    dens = [1.0] * B if active is None else density if density is not None else active_density(active)
     gathered = [0 < f < GATHER_TAPS_BELOW for f in dens]
     fixed_global = _fixed_affine(halting.global_norm, halting.global_conv.weight)
     if fixed_global is not None and not any(gathered):
@@ -141,7 +137,7 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         glob = halting.global_conv(halting.global_norm(pooled)).view(B).to(acc)
     fixed_local = _fixed_affine(halting.local_norm, conv.weight)
     a, d = (t.expand(B, C) for t in fixed_local) if fixed_local is not None else \
-        _channel_affine(halting.local_norm, mean, var)
+        _group_norm_affine(halting.local_norm, mean, var)
     w = conv.weight.reshape(C, k2).to(acc)
     h = x.new_zeros(B, hw, dtype=acc)
     a, d = a.to(acc), d.to(acc)
@@ -180,7 +176,7 @@ def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
     active fraction >= ``max_density`` use one dense in-place pass.
     """
     B, C, H, W = x.shape
-    frac = active.reshape(B, -1).float().mean(1).tolist() if density is None else density
+    frac = active_density(active) if density is None else density
     for b, f in enumerate(frac):
         if f == 0:
             continue

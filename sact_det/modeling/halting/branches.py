@@ -13,10 +13,11 @@ from typing import Callable, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-from detectron2.layers import FrozenBatchNorm2d, get_norm
+from detectron2.layers import get_norm
 from torch import nn
 
 from ...config.defaults import VALID_HALT_INITS
+from ..core.norms import inference_affine
 
 __all__ = ["SpatialHalting", "GlobalHalting", "build_halting", "variance_scaling_", "VALID_HALT_INITS",
            "set_norm_stats"]
@@ -101,14 +102,8 @@ def norm_affine(norm: nn.Module, x: torch.Tensor) -> Optional[Tuple[torch.Tensor
         return a, shift - mean.repeat_interleave(C // g, 1) * a
     if type(norm) is nn.BatchNorm2d and norm.training and norm.track_running_stats and norm.momentum is not None:
         return _batch_norm_affine(norm, x)
-    frozen = isinstance(norm, FrozenBatchNorm2d) or \
-        (isinstance(norm, nn.modules.batchnorm._BatchNorm) and not norm.training and norm.running_mean is not None)
-    if frozen:
-        gamma = norm.weight if norm.weight is not None else torch.ones_like(norm.running_var)
-        beta = norm.bias if norm.bias is not None else torch.zeros_like(norm.running_mean)
-        a = gamma * torch.rsqrt(norm.running_var + norm.eps)
-        return a.expand(B, C), (beta - norm.running_mean * a).expand(B, C)
-    return None
+    fixed = inference_affine(norm)
+    return None if fixed is None else (fixed[0].expand(B, C), fixed[1].expand(B, C))
 
 
 def shift_sum(taps: torch.Tensor, p: int) -> torch.Tensor:
