@@ -32,7 +32,6 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 import benchmark_sparse as bs  # noqa: E402  (imports sact_det first: compat patches)
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from sact_det.modeling.execution.fold import fold_norms  # noqa: E402
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
@@ -64,15 +63,8 @@ def build_detectors(config: str, opts: List[str]):
 
 def raw_images(cfg, n: int, hw) -> List[Dict[str, object]]:
     """The first ``n`` sact_demo_val images resized to ``hw``, as detector inputs (pixel values, cfg format)."""
-    from detectron2.data import DatasetCatalog
-    from detectron2.data.detection_utils import read_image
-
-    out = []
-    for r in DatasetCatalog.get("sact_demo_val")[:n]:
-        img = torch.as_tensor(read_image(r["file_name"], format=cfg.INPUT.FORMAT).copy()).permute(2, 0, 1).float()
-        img = F.interpolate(img[None], size=tuple(hw), mode="bilinear", align_corners=False)[0]
-        out.append({"image": img, "height": hw[0], "width": hw[1]})
-    return out
+    return [{"image": img[0], "height": hw[0], "width": hw[1]}
+            for img in bs._demo_images(cfg, n, hw, normalize=False)]
 
 
 def fix_proposals(model, n: int, seed: int = 0) -> None:
@@ -162,7 +154,8 @@ def main(argv=None) -> Dict[str, object]:
     replay_all = bs.replayed_masks(args, args.images, hw) if args.replay_weights else None
     replay_depth = _config_depth(args.replay_config) if args.replay_weights else None
     rows = []
-    for depth in args.depths:
+    replay_frac: Optional[float] = None  # FLOPs fraction of the replayed masks: the other depths' target
+    for depth in sorted(args.depths, key=lambda d: d != replay_depth):  # the replayed depth first
         print(f"[benchmark_detector] R-{depth}: building, calibrating / replaying, counting ops, "
               f"{args.rounds} timed rounds ...", flush=True)
         cfg, sact, dense = build_detectors(CONFIGS[depth], list(args.opts or []))
@@ -172,15 +165,13 @@ def main(argv=None) -> Dict[str, object]:
         replay = replay_all if replay_all is not None and replay_depth == depth else None
         with torch.no_grad():
             if replay is not None:
-                target, how = None, f"replayed masks of {args.replay_weights}"
-                fracs = []
-                for img, masks in zip(normalized, replay):
-                    with bb.replay_masks(masks):
-                        fracs.append(flops_fraction(bb, [img]))
-                frac = statistics.mean(fracs)
+                how = f"replayed masks of {args.replay_weights}"
+                frac = replay_frac = bs.replayed_fraction(bb, normalized, replay)
             else:
-                target = args.target_flops if replay_all is None else min(1.0, statistics.mean(
-                    _replayed_fraction_r50(args, normalized, replay_all)))  # > 1: halting branches, nothing halts
+                if replay_all is not None and replay_frac is None:
+                    replay_frac = _replayed_fraction(args, replay_depth, normalized, replay_all)
+                # > 1: the replayed model never halts, its halting branches add FLOPs
+                target = args.target_flops if replay_all is None else min(1.0, replay_frac)
                 randomize_halting(bb)
                 bias = calibrate_halting(bb, normalized[:2], target)
                 frac = flops_fraction(bb, normalized)
@@ -197,6 +188,7 @@ def main(argv=None) -> Dict[str, object]:
                      "ratio_vs_fastest": bs.median_ratio(t["sact"], t[base]),
                      "ratio_vs_d2": bs.median_ratio(t["sact"], t["d2"]), "counts": counts,
                      "load": f"before {before}; after {bs.load_str()}"})
+    rows.sort(key=lambda r: args.depths.index(r["depth"]))
     print(f"whole C4 detector (extractor + RPN + box head), {args.images} demo images at {hw[0]}x{hw[1]}, batch 1, "
           f"fp32, {torch.get_num_threads()} threads, {args.clock} clock, {args.rounds} rounds (median per image)")
     for r in rows:
@@ -222,14 +214,11 @@ def _config_depth(config: str) -> int:
     return int(cfg.MODEL.RESNETS.DEPTH)
 
 
-def _replayed_fraction_r50(args, normalized, replay_all) -> List[float]:
-    """FLOPs fractions the replayed masks give on the R-50 extractor (the depth of the demo detector)."""
-    cfg, sact, _ = build_detectors(CONFIGS[50], list(args.opts or []))
-    bb, out = sact.backbone, []
-    for img, masks in zip(normalized, replay_all):
-        with bb.replay_masks(masks):
-            out.append(flops_fraction(bb, [img]))
-    return out
+def _replayed_fraction(args, depth: int, normalized, replay_all) -> float:
+    """FLOPs fraction the replayed masks give on the extractor of the replayed model's depth."""
+    _, sact, _ = build_detectors(CONFIGS[depth], list(args.opts or []))
+    with torch.no_grad():
+        return bs.replayed_fraction(sact.backbone, normalized, replay_all)
 
 
 if __name__ == "__main__":

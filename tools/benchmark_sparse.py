@@ -236,8 +236,8 @@ def _extractors(args):
     return cfg, sact_bb.eval(), dense_bb.eval()
 
 
-def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Tensor]:
-    """The first ``n`` images of sact_demo_val, resized to ``hw``, normalized: (1,3,H,W) each."""
+def _demo_images(cfg, n: int, hw, channels_last: bool = False, normalize: bool = True) -> List[torch.Tensor]:
+    """The first ``n`` images of sact_demo_val, resized to ``hw``, normalized (else pixel values): (1,3,H,W) each."""
     from detectron2.data import DatasetCatalog
     from detectron2.data.detection_utils import read_image
 
@@ -250,7 +250,8 @@ def _demo_images(cfg, n: int, hw, channels_last: bool = False) -> List[torch.Ten
     out = []
     for r in DatasetCatalog.get("sact_demo_val")[:n]:
         img = torch.as_tensor(read_image(r["file_name"], format=cfg.INPUT.FORMAT).copy()).permute(2, 0, 1).float()
-        img = (F.interpolate(img[None], size=tuple(hw), mode="bilinear", align_corners=False) - mean) / std
+        img = F.interpolate(img[None], size=tuple(hw), mode="bilinear", align_corners=False)
+        img = (img - mean) / std if normalize else img
         out.append(img.contiguous(memory_format=torch.channels_last) if channels_last else img)
     return out
 
