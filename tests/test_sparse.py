@@ -250,3 +250,91 @@ def test_fold_norms_keeps_the_function_of_a_resnet():
     with torch.no_grad():
         ref, got = net(x)["res4"], folded(x)["res4"]
     torch.testing.assert_close(got, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+
+
+
+@pytest.mark.parametrize("depth,fmt", [(18, torch.contiguous_format), (50, torch.channels_last)])
+def test_folded_resnet_forward_equals_detectron2(depth, fmt):
+    """The fastest dense baseline (every block folded, oneDNN convs) computes detectron2's ResNet outputs, in the
+    input's memory format."""
+    from detectron2.layers import ShapeSpec
+    from detectron2.modeling.backbone.resnet import build_resnet_backbone
+
+    from sact_det.modeling.execution.fold import folded_resnet_forward
+    from tests.helpers import tiny_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(depth=depth, mode="none", norm="FrozenBN")
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res4"]
+    net = _randomize_norms(build_resnet_backbone(cfg, ShapeSpec(channels=3)).eval(), seed=4)
+    x = torch.randn(2, 3, 40, 56).contiguous(memory_format=fmt)
+    with torch.no_grad():
+        ref = net(x)
+    got = folded_resnet_forward(net)(x)
+    assert set(got) == {"res2", "res4"}
+    for k in got:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-4 * float(ref[k].abs().max()), rtol=1e-4)
+        assert got[k].is_contiguous(memory_format=fmt)
+
+def _dense_masks(n: int) -> torch.Tensor:
+    """(n,1,H,W) masks of high density: all, all but a corner, all but two rows (>= 0.5, the row-copy path)."""
+    m = torch.ones(n, 1, H, W, dtype=torch.bool)
+    m[1, 0, :3, :4] = False
+    m[2 % n, 0, [1, -2]] = False
+    return m
+
+
+@pytest.mark.parametrize("max_density", [0.0, 0.9])
+@pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
+def test_dense_path_keeps_inactive_positions(block, max_density, fmt):
+    """Images at or above max_density run the dense unit and then restore x at the inactive positions (rows
+    copied for channels-last maps, torch.where otherwise): equal to the masked dense unit, x untouched."""
+    x = torch.randn(3, block.out_channels, H, W).contiguous(memory_format=fmt)
+    x0 = x.clone()
+    active = _dense_masks(3)
+    out = sparse_unit_forward(fold_unit(block), x, active, max_density=max_density)
+    torch.testing.assert_close(out, _expected(block, x0, active), **TOL)
+    assert torch.equal(out[~active.expand_as(out)], x0[~active.expand_as(x0)])  # exactly the old state there
+    assert torch.equal(x, x0)
+
+
+def test_outputs_never_alias_the_kept_scratch_buffers(block):
+    """Scratch buffers are kept between calls on CPU: a second call must not change the first call's result."""
+    folded = fold_unit(block)
+    x1, x2 = (torch.randn(4, block.out_channels, H, W).contiguous(memory_format=torch.channels_last)
+              for _ in range(2))
+    active = _masks(4)
+    out1 = sparse_unit_forward(folded, x1, active, max_density=float("inf"))
+    kept = out1.clone()
+    sparse_unit_forward(folded, x2, active, max_density=float("inf"))
+    assert torch.equal(out1, kept)
+    torch.testing.assert_close(out1, _expected(block, x1, active), **TOL)
+    gather.release_scratch()
+    torch.testing.assert_close(sparse_unit_forward(folded, x1, active, max_density=float("inf")), kept, **TOL)
+
+
+@pytest.mark.parametrize("n,k,c_out", [(1, 5, 3), (37, 64, 16), (300, 9 * 8, 8)])
+def test_rows_linear_is_a_matrix_product(n, k, c_out):
+    """oneDNN's 1x1 convolution on rows seen as a map = a @ mat^T + bias (float64 reference)."""
+    from sact_det.modeling.execution.fold import rows_linear
+
+    torch.manual_seed(n)
+    a, mat, bias = torch.randn(n, k), torch.randn(c_out, k), torch.randn(c_out)
+    ref = (a.double() @ mat.double().t() + bias.double()).float()
+    torch.testing.assert_close(rows_linear(a, mat, bias), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows_linear(a[:, :].t().contiguous().t(), mat, bias), ref, rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("stride,padding,dilation,groups,k", [(1, 0, 1, 1, 1), (2, 0, 1, 1, 1), (1, 1, 1, 1, 3),
+                                                              (2, 3, 1, 1, 7), (1, 2, 2, 4, 3)])
+def test_onednn_conv_equals_conv2d(stride, padding, dilation, groups, k):
+    from sact_det.modeling.execution.fold import onednn_conv
+
+    torch.manual_seed(k + groups)
+    x = torch.randn(2, 8, 13, 17)
+    w, b = torch.randn(12, 8 // groups, k, k), torch.randn(12)
+    ref = F.conv2d(x, w, b, stride, padding, dilation, groups)
+    for fmt in (torch.contiguous_format, torch.channels_last):
+        got = onednn_conv(x.contiguous(memory_format=fmt), w, b, stride, padding, dilation, groups)
+        torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-4)
+        assert got.is_contiguous(memory_format=fmt)

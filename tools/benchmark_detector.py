@@ -8,8 +8,9 @@ RPN runs, its output is replaced: random weights give meaningless proposal count
 (``--replay-weights``, the demo detector of ``make demo``) produces on each image, when its depth matches;
 otherwise (e.g. R-101 with the R-50 demo detector) its halting is calibrated to the FLOPs fraction those
 masks give. Dense baselines: detectron2's detector as it runs, the same with BN folded into every conv
-("folded"), and folded in channels-last memory format; the headline ratio is against the fastest of the
-folded ones. Every round times every variant once, in a fresh random order; per-image latency is the
+("folded"), folded in channels-last memory format, and folded with its backbone run block by block by
+sact_det's dense_folded_forward (oneDNN convs on a channels-last state, "folded_onednn", the dense execution
+of SACT's fully active units); the headline ratio is against the fastest of the folded ones. Every round times every variant once, in a fresh random order; per-image latency is the
 median over rounds, a ratio the median over rounds of the per-round ratio.
 
 Also printed per variant, from one profiled image: operator calls and host-synchronising calls
@@ -27,13 +28,19 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
+# Transparent huge pages for PyTorch's CPU allocations (read once, before torch allocates): a fresh multi-MB
+# tensor then costs one page fault per 2 MiB instead of per 4 KiB. Both sides of every comparison run in this
+# process with the same setting; THP_MEM_ALLOC_ENABLE=0 in the environment measures without it.
+os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 import benchmark_sparse as bs  # noqa: E402  (imports sact_det first: compat patches)
 import torch  # noqa: E402
 
-from sact_det.modeling.execution.fold import fold_norms  # noqa: E402
+from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
+
+BASELINES = ("folded", "folded_cl", "folded_onednn")  # dense, BN folded: the headline uses the fastest
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
@@ -108,7 +115,9 @@ def variants(sact, dense, inputs, replay: Optional[List[Dict[str, List[torch.Ten
     """{name: (fn running every input once, the model it runs)}."""
     folded = fold_norms(dense)
     folded_cl = copy.deepcopy(folded).to(memory_format=torch.channels_last)
-    for model in (sact, dense, folded, folded_cl):
+    folded_onednn = copy.deepcopy(folded)  # backbone: every block folded, oneDNN convs on a channels-last state
+    folded_onednn.backbone.forward = folded_resnet_forward(folded_onednn.backbone)
+    for model in (sact, dense, folded, folded_cl, folded_onednn):
         fix_proposals(model, proposals)
 
     def run_sact() -> None:
@@ -123,7 +132,7 @@ def variants(sact, dense, inputs, replay: Optional[List[Dict[str, List[torch.Ten
         return lambda: [model([inp]) for inp in inputs]
 
     return {"sact": (run_sact, sact), "d2": (run(dense), dense), "folded": (run(folded), folded),
-            "folded_cl": (run(folded_cl), folded_cl)}
+            "folded_cl": (run(folded_cl), folded_cl), "folded_onednn": (run(folded_onednn), folded_onednn)}
 
 
 def main(argv=None) -> Dict[str, object]:
@@ -183,24 +192,25 @@ def main(argv=None) -> Dict[str, object]:
             t = bs.time_rounds(fns, args.rounds, warmup=1)
         n = len(inputs)
         med = {k: statistics.median(v) * 1e3 / n for k, v in t.items()}
-        base = min(("folded", "folded_cl"), key=lambda k: med[k])
+        base = min(BASELINES, key=lambda k: med[k])
         rows.append({"depth": depth, "how": how, "flops_fraction": frac, "ms": med, "baseline": base,
                      "ratio_vs_fastest": bs.median_ratio(t["sact"], t[base]),
                      "ratio_vs_d2": bs.median_ratio(t["sact"], t["d2"]), "counts": counts,
                      "load": f"before {before}; after {bs.load_str()}"})
     rows.sort(key=lambda r: args.depths.index(r["depth"]))
     print(f"whole C4 detector (extractor + RPN + box head), {args.images} demo images at {hw[0]}x{hw[1]}, batch 1, "
-          f"fp32, {torch.get_num_threads()} threads, {args.clock} clock, {args.rounds} rounds (median per image)")
+          f"fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, {args.clock} clock, {args.rounds} rounds (median per image)")
     for r in rows:
         print(f"  R-{r['depth']}: {r['how']}; extractor FLOPs {r['flops_fraction']:.3f} of dense; {r['load']}")
     print("| detector | extractor FLOPs SACT/dense | SACT ms | fastest dense ms (BN folded) | d2 ms | d2 folded ms "
-          "| d2 folded channels-last ms | latency SACT / fastest dense | SACT / d2 | ops SACT / dense "
-          "| host syncs SACT / dense | proposals SACT / dense |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "| d2 folded channels-last ms | folded, oneDNN backbone ms | latency SACT / fastest dense | SACT / d2 "
+          "| ops SACT / dense | host syncs SACT / dense | proposals SACT / dense |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         ms, c = r["ms"], r["counts"]
         print(f"| SACT R-{r['depth']} C4 | {r['flops_fraction']:.3f} | {ms['sact']:.0f} | {ms[r['baseline']]:.0f} "
-              f"| {ms['d2']:.0f} | {ms['folded']:.0f} | {ms['folded_cl']:.0f} | {r['ratio_vs_fastest']:.3f} "
+              f"| {ms['d2']:.0f} | {ms['folded']:.0f} | {ms['folded_cl']:.0f} | {ms['folded_onednn']:.0f} "
+              f"| {r['ratio_vs_fastest']:.3f} "
               f"| {r['ratio_vs_d2']:.3f} | {c['sact']['ops']} / {c['folded']['ops']} "
               f"| {c['sact']['syncs']} / {c['folded']['syncs']} | {c['sact']['proposals']} / {c['folded']['proposals']} |")
     return {"rows": rows}

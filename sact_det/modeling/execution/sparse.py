@@ -64,6 +64,21 @@ def _check(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor) -> None:
         raise RuntimeError("sparse_unit_forward is inference-only (x requires grad); use the masked dense path")
 
 
+def _keep_inactive(y: torch.Tensor, x: torch.Tensor, active: torch.Tensor, frac: List[float]) -> torch.Tensor:
+    """``torch.where(active, y, x)`` written into ``y`` (B,C,H,W); active (B,1,H,W) bool, frac its per-image density.
+    On CPU with channels-last maps, the rows of the (few) inactive positions are copied (cost proportional to
+    them) instead of a pass over the whole map; elsewhere ``torch.where`` (no host synchronisation on CUDA)."""
+    rows = y.is_contiguous(memory_format=torch.channels_last) and x.is_contiguous(memory_format=torch.channels_last) \
+        and not y.is_contiguous()
+    if y.device.type != "cpu" or not rows or any(f < 0.5 for f in frac):
+        return torch.where(active, y, x, out=y)
+    for b, f in enumerate(frac):
+        if f < 1.0:
+            idx = (~active[b, 0]).reshape(-1).nonzero().squeeze(1)
+            MapView(y[b]).scatter(idx, MapView(x[b]).gather_plain(idx))
+    return y
+
+
 def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor,
                         max_density: float = 1.0, inplace: bool = False,
                         density: Optional[List[float]] = None) -> torch.Tensor:
@@ -91,7 +106,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     sparse_ids = [b for b, d in enumerate(frac) if 0 < d and not (whole or d >= max_density)]
     if len(dense_ids) == B:  # every image runs densely: no copy of x, no per-image indexing
         y = dense_folded_forward(folded, x).to(x.dtype)  # (autocast convs return bf16 / fp16 for an fp32 x)
-        return y if min(frac) == 1.0 else torch.where(active, y, x, out=y)
+        return y if min(frac) == 1.0 else _keep_inactive(y, x, active, frac)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     out = x if inplace else x.clone()  # same memory format as x
@@ -100,7 +115,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
         xd = x.index_select(0, ids)
         y = dense_folded_forward(folded, xd).to(x.dtype)
         if any(frac[b] < 1.0 for b in dense_ids):
-            y = torch.where(active.index_select(0, ids), y, xd)
+            y = _keep_inactive(y, xd, active.index_select(0, ids), [frac[b] for b in dense_ids])
         out.index_copy_(0, ids, y)
     if sparse_ids:
         run = bottleneck_image if folded.kind == "bottleneck" else basic_image

@@ -26,6 +26,7 @@ from detectron2.layers import FrozenBatchNorm2d
 from ..core.norms import inference_affine
 from ..halting.branches import SpatialHalting, shift_sum
 from ..halting.state import state_dtype
+from .fold import rows_linear
 from .gather import MapView, active_density, dilate, neighbour_index
 
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
@@ -150,17 +151,22 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
             # few active positions: taps only on the dilated mask (rows gathered), neighbours in that order
             aidx, didx, nbr, _ = neighbour_index(m, dilate(m[None], 1)[0] if k2 > 1 else m, 1, k2)
             rows, outside = views[b].gather_plain(didx), didx.numel()
-            taps = x.new_empty(rows.shape[0] + 1, k2)  # taps[q, k] = sum_c w[c,k] a[c] x[c,q]; last row: padding
-            torch.mm(rows, wa.to(x.dtype), out=taps[:-1])
-            taps[-1].zero_()
+            # taps[q, k] = sum_c w[c,k] a[c] x[c,q] (+ a zero last row: padding); oneDNN / torch.addmm, see rows_linear
+            wt = wa.to(x.dtype).t().contiguous()
+            taps = torch.cat([rows_linear(rows.contiguous(), wt, wt.new_zeros(k2)), wt.new_zeros(1, k2)])
             # elementwise + sum, not ``@``: autocast would run a matmul in bf16 / fp16
             z = taps.gather(0, nbr).to(acc).sum(1) + ((nbr < outside).to(acc) * const).sum(1)
             h[b].index_copy_(0, aidx, torch.sigmoid(z + conv.bias[0] + glob[b]))
             continue
-        # every position: taps (k2 [+1], HW) = [w*a, wg*ag]^T @ x^T (a skinny GEMM, fastest in this
-        # orientation), then the conv as k2 shifted sums; the norm's shift counts only for in-map neighbours
-        cols = wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)
-        taps = torch.mm(cols.t().to(x.dtype), views[b].all_rows().t()).to(acc)
+        # every position: taps (k2 [+1], HW) = [w*a, wg*ag]^T @ x^T (one skinny GEMM: oneDNN on fp32 CPU
+        # channel-last rows, else torch.mm in the orientation fastest for it), then the conv as k2 shifted
+        # sums; the norm's shift counts only for in-map neighbours
+        cols = (wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)).to(x.dtype)
+        rows = views[b].all_rows()
+        if rows.is_contiguous() and x.dtype == torch.float32:
+            taps = rows_linear(rows, cols.t().contiguous(), cols.new_zeros(cols.shape[1])).t().to(acc)
+        else:
+            taps = torch.mm(cols.t(), rows.t()).to(acc)
         g = glob[b] if mean is not None else taps[k2].mean() + gconst
         z = shift_sum(taps[:k2].view(k2, H, W), p) + shift_sum(const.view(k2, 1, 1).expand(k2, H, W), p)
         z = torch.sigmoid(z.view(-1) + (conv.bias[0] + g))
