@@ -116,7 +116,13 @@ def variants(sact, dense, inputs, replay: Optional[List[Dict[str, List[torch.Ten
     folded = fold_norms(dense)
     folded_cl = copy.deepcopy(folded).to(memory_format=torch.channels_last)
     folded_onednn = copy.deepcopy(folded)  # backbone: every block folded, oneDNN convs on a channels-last state
-    folded_onednn.backbone.forward = folded_resnet_forward(folded_onednn.backbone)
+    bb, fast = folded_onednn.backbone, folded_resnet_forward(folded_onednn.backbone)
+
+    def fast_forward(x: torch.Tensor) -> Dict[str, torch.Tensor]:
+        bb._record_input(x)  # the adaptive-backbone contract (here MODE none) keeps the input sizes
+        return fast(x)
+
+    bb.forward = fast_forward
     for model in (sact, dense, folded, folded_cl, folded_onednn):
         fix_proposals(model, proposals)
 
