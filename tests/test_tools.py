@@ -212,3 +212,29 @@ def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights
     assert all(ln.split("|")[2].strip() == "1.000" for ln in unit_rows if ln.startswith("| 100 % |"))
     (replayed,) = [ln for ln in out.splitlines() if ln.startswith("| replayed |")]
     assert 0.0 < float(replayed.split("|")[2]) < 1.1  # above 1 when few positions halt: halting branches cost
+
+
+def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
+    """--breakdown: one row per (stage, unit) that ran, its active fraction that of the masks the stage recorded,
+    every timed part non-negative; the tool's patches are undone afterwards."""
+    from argparse import Namespace
+
+    from sact_det.modeling.execution import sparse, sparse_halting
+
+    before = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_)
+    cfg, sact_bb, _ = benchmark_sparse._extractors(Namespace(config=DEMO_CFG, weights=""))
+    benchmark_sparse.randomize_halting(sact_bb)
+    images = [benchmark_sparse.torch.randn(1, 3, 64, 96)]
+    rows = benchmark_sparse.unit_breakdown(sact_bb, images, max_density=0.75, rounds=1)
+    assert (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_) == before
+    expected = {(name, l + 1): float(m.float().mean()) for name, p in sact_bb.last_ponder.items()
+                for l, m in enumerate(p.masks)}
+    ran = {(r["stage"], r["unit"]): r for r in rows if "density" in r}
+    assert set(ran) == set(expected)
+    for key, r in ran.items():
+        assert abs(r["density"] - expected[key]) < 1e-6
+        assert r["sact"] > 0 and r["dense"] > 0
+    assert all(r.get("halting", 0) >= 0 and r.get("accumulation", 0) >= 0 for r in rows)
+    benchmark_sparse.print_breakdown(rows)
+    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| res")]
+    assert len(table) == len(rows)

@@ -13,6 +13,8 @@
     detectron2's dense ResNet-50 extractor with the same conv weights ("d2"). ``--replay-weights``:
     the full-width extractor's units run on the masks a trained (demo) SACT detector really
     produces on each image (its halting branches are evaluated but their masks ignored).
+``--breakdown`` (b): per adaptive stage and unit, the unit's time against the dense folded unit on the same
+input, and the time of its halting branch and of its output accumulation (where the time goes).
 ``--memory``: peak resident memory added by two forwards (VmHWM - VmRSS before; persistent state
 made by the first call, such as cached folded weights, counts), each variant in its own
 subprocess with glibc's mmap threshold lowered so that freed blocks leave RSS.
@@ -316,6 +318,84 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
     return {m: run(m) for m in ("d2", *BASELINES, "dense", "sparse", "auto")}
 
 
+def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dict]:
+    """Where the SACT extractor's time goes (EXECUTION auto): per adaptive stage and unit, its mean active fraction,
+    the time of the unit as it ran ("sact"), of the dense folded unit on the same input (timed right before it), of its
+    halting branch and of its output accumulation; seconds per image, mean over ``rounds`` (after one warm-up)."""
+    from sact_det.modeling.execution import sparse_halting
+    from sact_det.modeling.execution.fold import dense_folded_forward
+
+    acc: Dict[tuple, Dict[str, float]] = {}
+    where = {"stage": "", "unit": 0}
+    saved = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_)
+
+    def add(what: str, seconds: float) -> None:
+        row = acc.setdefault((where["stage"], where["unit"]), {})
+        row[what] = row.get(what, 0.0) + seconds
+
+    def timed(what: str, fn: Callable) -> Callable:
+        def run(*a, **k):
+            t0 = CLOCK()
+            out = fn(*a, **k)
+            add(what, CLOCK() - t0)
+            return out
+        return run
+
+    def unit(folded, x, active, **k):
+        where["unit"] += 1
+        t0 = CLOCK()
+        dense_folded_forward(folded, x)
+        add("dense", CLOCK() - t0)
+        add("density", sum(k["density"]) / len(k["density"]))
+        return timed("sact", saved[0])(folded, x, active, **k)
+
+    def enter(stage_name: str) -> Callable:
+        def hook(_module, _inputs) -> None:
+            where["stage"], where["unit"] = stage_name, 0
+        return hook
+
+    hooks = [getattr(sact_bb, n).register_forward_pre_hook(enter(n)) for n in sact_bb.adaptive_stages]
+    sparse.sparse_unit_forward = unit
+    sparse_halting.sparse_halting = timed("halting", saved[1])
+    sparse_halting.masked_accumulate_ = timed("accumulation", saved[2])
+    try:
+        sact_bb.set_execution("auto", max_density)
+        with torch.no_grad():
+            for r in range(rounds + 1):
+                if r == 1:
+                    acc.clear()  # the first round warms up
+                for img in images:
+                    sact_bb(img)
+    finally:
+        sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_ = saved
+        for h in hooks:
+            h.remove()
+    calls = rounds * len(images)
+    return [{"stage": s, "unit": u, **{k: v / calls for k, v in row.items()}} for (s, u), row in acc.items()]
+
+
+def print_breakdown(rows: List[dict]) -> None:
+    print("per unit (EXECUTION auto; ms per image, mean over rounds; unit 0 of a stage runs densely in both, its "
+          "halting branch is listed):")
+    print("| stage | unit | active fraction | SACT unit ms | dense folded unit ms | SACT / dense | halting ms "
+          "| accumulation ms |")
+    print("|---|---|---|---|---|---|---|---|")
+    tot = {k: 0.0 for k in ("sact", "dense", "halting", "accumulation")}
+    for r in rows:
+        for k in tot:
+            tot[k] += r.get(k, 0.0)
+        ms = {k: r.get(k, 0.0) * 1e3 for k in tot}
+        ratio = f"{ms['sact'] / ms['dense']:.2f}" if ms["dense"] else "-"
+        dens = f"{r['density']:.2f}" if "density" in r else "1 (dense)"
+        print(f"| {r['stage']} | {r['unit']} | {dens} | {ms['sact']:.1f} | {ms['dense']:.1f} | {ratio} "
+              f"| {ms['halting']:.1f} | {ms['accumulation']:.1f} |")
+    t = {k: v * 1e3 for k, v in tot.items()}
+    print(f"| all | | | {t['sact']:.0f} | {t['dense']:.0f} | {t['sact'] / max(t['dense'], 1e-9):.2f} "
+          f"| {t['halting']:.0f} | {t['accumulation']:.0f} |")
+    print(f"units l >= 1 save {t['dense'] - t['sact']:.0f} ms per image; halting + accumulation cost "
+          f"{t['halting'] + t['accumulation']:.0f} ms")
+
+
 def bench_extractor(args, argv: List[str]) -> None:
     from sact_det.modeling.sact.flops import backbone_flops
 
@@ -358,6 +438,8 @@ def bench_extractor(args, argv: List[str]) -> None:
             fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
             t = time_rounds(fns, args.rounds_extractor, 1)
         print(f"    halting bias {bias}: before {before}; after {load_str()}")
+        if args.breakdown and replay is None:
+            print_breakdown(unit_breakdown(sact_bb, images, args.max_density, args.rounds_extractor))
         mem = {}
         if args.memory and replay is None:
             extra = [] if bias is None else ["--halting-bias", str(bias)]
@@ -433,6 +515,8 @@ def main(argv=None) -> None:
     p.add_argument("--images", type=int, default=4, help="(b) number of demo images (sact_demo_val)")
     p.add_argument("--rounds-extractor", type=int, default=5)
     p.add_argument("--channels-last", action="store_true", help="(b) channels-last input images (both sides)")
+    p.add_argument("--breakdown", action="store_true", help="(b) also time each unit, its halting branch and "
+                   "its accumulation against the dense folded unit (EXECUTION auto, own masks)")
     p.add_argument("--target-flops", type=float, nargs="+", default=[0.5, 0.7, 0.85],
                    help="(b) untrained model: FLOPs fractions to calibrate the halting bias to")
     p.add_argument("--memory-worker", default=None, help=argparse.SUPPRESS)

@@ -85,11 +85,12 @@ class MapView:
         return self.mat.index_select(0, idx) if self.rows else self.mat.index_select(1, idx).t()
 
     def scatter(self, idx: torch.Tensor, values: torch.Tensor) -> None:
-        """Write ``values`` (k, C) at flat positions ``idx``."""
+        """Write ``values`` (k, C) at flat positions ``idx`` (``index_put_``: several times faster than
+        ``index_copy_`` on CPU, and it scales with threads)."""
         if self.rows:
-            self.mat.index_copy_(0, idx, values)
+            self.mat.index_put_((idx,), values)
         else:
-            self.mat.index_copy_(1, idx, values.t())
+            self.mat[:, idx] = values.t()
 
     def all_rows(self) -> torch.Tensor:
         return self.mat if self.rows else self.mat.t()
