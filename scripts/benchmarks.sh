@@ -18,7 +18,7 @@ run() {  # run NAME ARGS...: python ARGS, output to $OUT/NAME.txt with the comma
   tail -n 4 "$OUT/$name.txt"
 }
 run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
-  --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
+  --images 2 --rounds-extractor 5 --target-flops 0.5 0.7 --breakdown
 run unit_1thread tools/benchmark_sparse.py --part unit --threads 1 --clock cpu --densities 0.25 0.5 0.75 1.0 --rounds 15
 run unit_2threads tools/benchmark_sparse.py --part unit --threads 2 --densities 0.25 0.5 0.75 1.0 --rounds 15
 run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 1 --rounds 2 \
