@@ -235,6 +235,12 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
         assert abs(r["density"] - expected[key]) < 1e-6
         assert r["sact"] > 0 and r["dense"] > 0
     assert all(r.get("halting", 0) >= 0 and r.get("accumulation", 0) >= 0 for r in rows)
+    for name in sact_bb.adaptive_stages:  # a stage's time holds its parts (unit 0, units, halting, accumulation)
+        (head,) = [r for r in rows if r["stage"] == name and r["unit"] == 0]
+        parts = sum(r.get(k, 0.0) for r in rows if r["stage"] == name
+                    for k in ("first", "sact", "halting", "accumulation"))
+        assert head["first"] > 0 and head["stage_time"] >= parts * 0.999
     benchmark_sparse.print_breakdown(rows)
-    table = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("| res")]
-    assert len(table) == len(rows)
+    out = capsys.readouterr().out
+    table = [ln for ln in out.splitlines() if ln.startswith("| res")]
+    assert len(table) == len(rows) and "the rest of the stages' work" in out

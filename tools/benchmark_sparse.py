@@ -319,19 +319,23 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
 
 
 def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dict]:
-    """Where the SACT extractor's time goes (EXECUTION auto): per adaptive stage and unit, its mean active fraction,
-    the time of the unit as it ran ("sact"), of the dense folded unit on the same input (timed right before it), of its
-    halting branch and of its output accumulation; seconds per image, mean over ``rounds`` (after one warm-up)."""
+    """Where the SACT extractor's time goes (EXECUTION auto). Rows per adaptive stage and unit l >= 1: its mean
+    active fraction, the time of the unit as it ran ("sact"), of the dense folded unit on the same input
+    ("dense", timed right before it after one untimed call), of its halting branch and of its output accumulation;
+    row (stage, 0): unit 0 ("first", dense in both), its halting branch, and the whole stage ("stage_time", without
+    the dense references). Seconds per image, mean over ``rounds`` (after one warm-up round)."""
     from sact_det.modeling.execution import sparse_halting
     from sact_det.modeling.execution.fold import dense_folded_forward
+    from sact_det.modeling.sact import backbone as sact_backbone
 
     acc: Dict[tuple, Dict[str, float]] = {}
-    where = {"stage": "", "unit": 0}
-    saved = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_)
+    where = {"stage": "", "unit": 0, "in_stage": False, "start": 0.0, "ref": 0.0}
+    saved = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_,
+             sact_backbone.dense_folded_forward)
 
-    def add(what: str, seconds: float) -> None:
+    def add(what: str, value: float) -> None:
         row = acc.setdefault((where["stage"], where["unit"]), {})
-        row[what] = row.get(what, 0.0) + seconds
+        row[what] = row.get(what, 0.0) + value
 
     def timed(what: str, fn: Callable) -> Callable:
         def run(*a, **k):
@@ -344,20 +348,33 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dic
     def unit(folded, x, active, **k):
         where["unit"] += 1
         t0 = CLOCK()
+        dense_folded_forward(folded, x)  # untimed: a first call after another unit pays fresh allocations
+        t1 = CLOCK()
         dense_folded_forward(folded, x)
-        add("dense", CLOCK() - t0)
+        add("dense", CLOCK() - t1)
+        where["ref"] += CLOCK() - t0
         add("density", sum(k["density"]) / len(k["density"]))
         return timed("sact", saved[0])(folded, x, active, **k)
 
+    def first_unit(folded, x):  # unit 0 inside a stage; the stem (outside every stage) is not recorded
+        return timed("first", saved[3])(folded, x) if where["in_stage"] else saved[3](folded, x)
+
     def enter(stage_name: str) -> Callable:
         def hook(_module, _inputs) -> None:
-            where["stage"], where["unit"] = stage_name, 0
+            where.update(stage=stage_name, unit=0, in_stage=True, ref=0.0, start=CLOCK())
         return hook
 
+    def leave(_module, _inputs, _output) -> None:
+        stage_time = CLOCK() - where["start"] - where["ref"]
+        where.update(unit=0, in_stage=False)
+        add("stage_time", stage_time)
+
     hooks = [getattr(sact_bb, n).register_forward_pre_hook(enter(n)) for n in sact_bb.adaptive_stages]
+    hooks += [getattr(sact_bb, n).register_forward_hook(leave) for n in sact_bb.adaptive_stages]
     sparse.sparse_unit_forward = unit
     sparse_halting.sparse_halting = timed("halting", saved[1])
     sparse_halting.masked_accumulate_ = timed("accumulation", saved[2])
+    sact_backbone.dense_folded_forward = first_unit
     try:
         sact_bb.set_execution("auto", max_density)
         with torch.no_grad():
@@ -367,33 +384,38 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dic
                 for img in images:
                     sact_bb(img)
     finally:
-        sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_ = saved
+        (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_,
+         sact_backbone.dense_folded_forward) = saved
         for h in hooks:
             h.remove()
     calls = rounds * len(images)
-    return [{"stage": s, "unit": u, **{k: v / calls for k, v in row.items()}} for (s, u), row in acc.items()]
+    return [{"stage": s, "unit": u, **{k: v / calls for k, v in row.items()}} for (s, u), row in sorted(acc.items())]
 
 
 def print_breakdown(rows: List[dict]) -> None:
-    print("per unit (EXECUTION auto; ms per image, mean over rounds; unit 0 of a stage runs densely in both, its "
-          "halting branch is listed):")
+    print("per unit (EXECUTION auto; ms per image, mean over rounds; unit 0 of a stage runs densely on both sides):")
     print("| stage | unit | active fraction | SACT unit ms | dense folded unit ms | SACT / dense | halting ms "
           "| accumulation ms |")
     print("|---|---|---|---|---|---|---|---|")
-    tot = {k: 0.0 for k in ("sact", "dense", "halting", "accumulation")}
+    keys = ("sact", "dense", "halting", "accumulation", "first", "stage_time")
+    tot = {k: 0.0 for k in keys}
     for r in rows:
-        for k in tot:
-            tot[k] += r.get(k, 0.0)
-        ms = {k: r.get(k, 0.0) * 1e3 for k in tot}
-        ratio = f"{ms['sact'] / ms['dense']:.2f}" if ms["dense"] else "-"
-        dens = f"{r['density']:.2f}" if "density" in r else "1 (dense)"
-        print(f"| {r['stage']} | {r['unit']} | {dens} | {ms['sact']:.1f} | {ms['dense']:.1f} | {ratio} "
-              f"| {ms['halting']:.1f} | {ms['accumulation']:.1f} |")
-    t = {k: v * 1e3 for k, v in tot.items()}
-    print(f"| all | | | {t['sact']:.0f} | {t['dense']:.0f} | {t['sact'] / max(t['dense'], 1e-9):.2f} "
-          f"| {t['halting']:.0f} | {t['accumulation']:.0f} |")
-    print(f"units l >= 1 save {t['dense'] - t['sact']:.0f} ms per image; halting + accumulation cost "
-          f"{t['halting'] + t['accumulation']:.0f} ms")
+        ms = {k: r.get(k, 0.0) * 1e3 for k in keys}
+        for k in keys:
+            tot[k] += ms[k]
+        if "density" in r:
+            ratio = f"{ms['sact'] / ms['dense']:.2f}" if ms["dense"] else "-"
+            print(f"| {r['stage']} | {r['unit']} | {r['density']:.2f} | {ms['sact']:.1f} | {ms['dense']:.1f} | {ratio} "
+                  f"| {ms['halting']:.1f} | {ms['accumulation']:.1f} |")
+        else:
+            print(f"| {r['stage']} | 0 | 1 (dense) | {ms['first']:.1f} | {ms['first']:.1f} | 1 | {ms['halting']:.1f} | - |")
+    rest = tot["stage_time"] - tot["first"] - tot["sact"] - tot["halting"] - tot["accumulation"]
+    print(f"| all units l >= 1 | | | {tot['sact']:.0f} | {tot['dense']:.0f} | "
+          f"{tot['sact'] / max(tot['dense'], 1e-9):.2f} | {tot['halting']:.0f} | {tot['accumulation']:.0f} |")
+    print(f"adaptive stages: {tot['stage_time']:.0f} ms per image; units l >= 1 save {tot['dense'] - tot['sact']:.0f} ms "
+          f"against their dense folded versions; halting {tot['halting']:.0f} ms + accumulation "
+          f"{tot['accumulation']:.0f} ms + the rest of the stages' work {rest:.0f} ms (halting arithmetic, output "
+          f"initialisation, masks, dispatch) are spent in their place")
 
 
 def bench_extractor(args, argv: List[str]) -> None:
