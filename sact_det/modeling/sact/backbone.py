@@ -12,6 +12,7 @@ from typing import Any, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
+import torch.utils.checkpoint
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
@@ -62,6 +63,7 @@ class SACTStage(nn.Sequential):
         self.stride = stride
         self.execution = "dense"
         self.sparse_max_density = 1.0
+        self.recompute_frozen = True  # see recomputes()
         self.last: Optional[StagePonder] = None
         # set only by SACTResNet.replay_masks (sparse / auto inference): unit l >= 1 runs on [l - 1] instead
         self._replay: Optional[List[torch.Tensor]] = None
@@ -134,10 +136,30 @@ class SACTStage(nn.Sequential):
         ``sum_l p^l x^l`` is accumulated in the halting state's dtype (float32 under autocast) and
         returned in the activations' dtype. Under ``torch.jit.trace`` / ``torch.export``
         (:func:`.act.capturing_graph`) every unit runs masked, with no early exit and no sparse path.
+        Training a frozen stage (:meth:`recomputes`): the stage runs under activation checkpointing.
         """
         capture = capturing_graph()
         if not self.training and self.execution != "dense" and not capture:
             return self._sparse_forward(x)
+        if not capture and self.recomputes(x):
+            return torch.utils.checkpoint.checkpoint(self._masked_forward, x, use_reentrant=False)
+        return self._masked_forward(x)
+
+    def recomputes(self, x: torch.Tensor) -> bool:
+        """Whether this training forward recomputes the stage in backward: its units are frozen and x needs no
+        gradient (e.g. res2 with FREEZE_AT 2), so only the halting branches train, and their gradients need
+        every unit's output x^l (the halting input and the weight of p^l). Kept for backward, those are a map
+        per unit where the dense frozen stage keeps nothing; recomputed from x, they cost one map (x) and
+        the units' forward once more. Not with a BatchNorm halting norm in training mode (recomputing would
+        update its running statistics twice). ``recompute_frozen = False`` turns it off."""
+        if not (self.recompute_frozen and self.training and torch.is_grad_enabled()) or x.requires_grad:
+            return False
+        if any(p.requires_grad for n, p in self.named_parameters() if ".halting." not in f".{n}"):
+            return False
+        return not any(isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training for m in self.modules())
+
+    def _masked_forward(self, x: torch.Tensor) -> torch.Tensor:
+        capture = capturing_graph()
         num = len(self)
         state = HaltingState(self.eps)
         out: Optional[torch.Tensor] = None
