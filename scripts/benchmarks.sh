@@ -21,11 +21,12 @@ run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last
   --images 2 --rounds-extractor 5 --target-flops 0.5 0.7 --breakdown
 run unit_1thread tools/benchmark_sparse.py --part unit --threads 1 --clock cpu --densities 0.25 0.5 0.75 1.0 --rounds 15
 run unit_2threads tools/benchmark_sparse.py --part unit --threads 2 --densities 0.25 0.5 0.75 1.0 --rounds 15
-run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 1 --rounds 2 \
+run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 1 --rounds 4 \
   --proposals 300
 run train_demo tools/benchmark_train.py --config-file configs/Demo/sact_R_50_C4.yaml --iters 16 --warmup 2 --threads 2 \
   --json "$OUT/train_demo.json"
 run train_coco_r50_800px tools/benchmark_train.py --config-file configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml \
-  --iters 2 --warmup 1 --batches 1 --threads 2 SOLVER.IMS_PER_BATCH 1 SOLVER.BASE_LR 0.0 MODEL.DEVICE cpu \
+  --iters 3 --warmup 1 --batches 1 --threads 2 --fixed-proposals 1000 SOLVER.IMS_PER_BATCH 1 SOLVER.BASE_LR 0.0 \
+  MODEL.DEVICE cpu \
   MODEL.WEIGHTS "" DATASETS.TRAIN "('sact_demo_train',)" MODEL.ROI_HEADS.NUM_CLASSES 6 \
   INPUT.MIN_SIZE_TRAIN "(800,)" INPUT.MAX_SIZE_TRAIN 1344

@@ -158,6 +158,28 @@ def test_benchmark_train_prints_ratio(tmp_path, capsys):
     assert "ratio SACT / dense" in capsys.readouterr().out
 
 
+def test_benchmark_train_fixed_proposals_reach_both_box_heads(monkeypatch):
+    """--fixed-proposals N: both models' box heads train on the same N proposals per image (+ the ground truth
+    boxes detectron2 adds), whatever their RPNs propose."""
+    from detectron2.modeling.roi_heads import ROIHeads
+
+    seen = []
+    original = ROIHeads.label_and_sample_proposals
+
+    def spy(self, proposals, targets):
+        seen.append([(len(p), p.proposal_boxes.tensor.sum().item()) for p in proposals])
+        return original(self, proposals, targets)
+
+    monkeypatch.setattr(ROIHeads, "label_and_sample_proposals", spy)
+    res = benchmark_train.main(["--config-file", DEMO_CFG, "--iters", "1", "--warmup", "0", "--batches", "1",
+                                "--fixed-proposals", "9", "DATASETS.TRAIN", '("sact_demo_tiny_train",)',
+                                "SOLVER.IMS_PER_BATCH", "2", "INPUT.MIN_SIZE_TRAIN", "(96,)",
+                                "INPUT.MAX_SIZE_TRAIN", "96"])
+    assert res["fixed_proposals"] == 9
+    assert len(seen) >= 2 and all(n == 9 for call in seen for n, _ in call)
+    assert len({tuple(call) for call in seen}) == 1  # the same boxes in every call, SACT and dense alike
+
+
 def test_benchmark_train_ratios_from_known_step_times(monkeypatch, capsys):
     """Step times injected per model: the medians, means and ratios are the hand-computed ones."""
     wall = {"sact": [0.3, 0.5, 0.1], "dense": [0.2, 0.2, 0.8]}  # medians 0.3 / 0.2, means 0.3 / 0.4

@@ -22,6 +22,7 @@ from typing import Dict, List, Tuple
 # tensor then costs one page fault per 2 MiB instead of per 4 KiB. Both sides of every comparison run in this
 # process with the same setting; THP_MEM_ALLOC_ENABLE=0 in the environment measures without it.
 os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import sact_det  # noqa: E402,F401
@@ -41,6 +42,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batches", type=int, default=4, help="distinct training batches, reused cyclically")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--json", default="", help="also write the numbers to this JSON file")
+    p.add_argument("--fixed-proposals", type=int, default=0,
+                   help="N > 0: both box heads train on the same N random proposals per image (the RPNs still run "
+                        "and train; untrained RPNs otherwise propose different, model-dependent box sets)")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE overrides for both configs")
     return p.parse_args(argv)
 
@@ -97,6 +101,11 @@ def run(args) -> Dict[str, object]:
     loader = iter(Trainer.build_train_loader(cfg_sact))
     batches = [next(loader) for _ in range(max(1, args.batches))]
     models = {"sact": build(cfg_sact), "dense": build(cfg_dense)}
+    if args.fixed_proposals > 0:
+        from benchmark_detector import fix_proposals
+
+        for model, _ in models.values():
+            fix_proposals(model, args.fixed_proposals)
     times: Dict[str, List[Tuple[float, float]]] = {"sact": [], "dense": []}
     with EventStorage(0):
         for i in range(args.warmup + args.iters):
@@ -116,6 +125,7 @@ def run(args) -> Dict[str, object]:
     res["ratio_mean"] = res["sact"]["mean_s"] / res["dense"]["mean_s"]
     res["cpu_ratio_median"] = res["sact"]["cpu_median_s"] / res["dense"]["cpu_median_s"]
     res["config"] = args.config_file
+    res["fixed_proposals"] = args.fixed_proposals
     res["threads"] = torch.get_num_threads()
     res["load_avg"] = os.getloadavg() if hasattr(os, "getloadavg") else None
     return res
@@ -127,8 +137,9 @@ def main(argv=None) -> Dict[str, object]:
         res = run(args)
     except ConfigError as e:
         sys.exit(f"benchmark_train.py: error: {e}")
+    fixed = f", box heads on the same {args.fixed_proposals} proposals per image" if args.fixed_proposals else ""
     print(f"training iteration time ({res['sact']['n']} timed iterations each, interleaved, "
-          f"{res['threads']} threads, load average {res['load_avg']}):")
+          f"{res['threads']} threads{fixed}, load average {res['load_avg']}):")
     for name in ("sact", "dense"):
         r = res[name]
         print(f"  {name:5s}: wall median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s;"
