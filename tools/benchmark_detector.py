@@ -30,20 +30,16 @@ import sys
 import time
 from typing import Callable, Dict, List, Optional
 
-# Transparent huge pages for PyTorch's CPU allocations (read once, before torch allocates): a fresh multi-MB
-# tensor then costs one page fault per 2 MiB instead of per 4 KiB. Both sides of every comparison run in this
-# process with the same setting; THP_MEM_ALLOC_ENABLE=0 in the environment measures without it.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import benchmark_sparse as bs  # noqa: E402  (imports sact_det first: compat patches)
+import benchmark_sparse as bs  # noqa: E402  (imports benchmark_env, then sact_det: THP setting, compat patches)
 import torch  # noqa: E402
 
 from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
+from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 
 BASELINES = ("folded", "folded_cl", "folded_onednn")  # dense, BN folded: the headline uses the fastest
-from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 
 SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero")
 CONFIGS = {50: "configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml",

@@ -18,13 +18,10 @@ import sys
 import time
 from typing import Dict, List, Tuple
 
-# Transparent huge pages for PyTorch's CPU allocations (read once, before torch allocates): a fresh multi-MB
-# tensor then costs one page fault per 2 MiB instead of per 4 KiB. Both sides of every comparison run in this
-# process with the same setting; THP_MEM_ALLOC_ENABLE=0 in the environment measures without it.
-os.environ.setdefault("THP_MEM_ALLOC_ENABLE", "1")
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+import benchmark_env  # noqa: E402,F401  (before torch: THP_MEM_ALLOC_ENABLE)
 import sact_det  # noqa: E402,F401
 import torch  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
