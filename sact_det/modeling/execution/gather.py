@@ -85,8 +85,8 @@ class MapView:
         return self.mat.index_select(0, idx) if self.rows else self.mat.index_select(1, idx).t()
 
     def scatter(self, idx: torch.Tensor, values: torch.Tensor) -> None:
-        """Write ``values`` (k, C) at flat positions ``idx`` (``index_put_``: several times faster than
-        ``index_copy_`` on CPU, and it scales with threads)."""
+        """Write ``values`` (k, C) at flat positions ``idx`` (``index_put_``: on CPU 1.3x faster than
+        ``index_copy_`` on one thread and about 8x on two, where ``index_copy_`` got slower)."""
         if self.rows:
             self.mat.index_put_((idx,), values)
         else:
