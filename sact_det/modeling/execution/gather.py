@@ -5,18 +5,23 @@ tensor, or columns of an NCHW one. The first conv runs on the 3x3-dilated mask, 
 the active mask; a 3x3 conv on n positions is one GEMM over the im2col matrix (n, 9*C_in)
 whose rows are gathered from the conv1 output kept channel-last with one extra zero row that
 stands for the zero padding (and for positions outside the dilated mask, which are never read).
-Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers.
+Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers. Row gathers and
+the residual write use the native kernels (:mod:`.native`) on fp32 CPU rows, torch elsewhere; the
+residual write then also updates the map's per-channel sums (:class:`MapStats`) by the change of the
+rows it writes, so the halting branch after the unit needs no pass over the map for them.
 """
 import threading
-from typing import Dict, Iterator, List, Tuple
+from typing import Dict, Iterator, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 
 from ..core.flop_rules import dilate
+from . import native
 from .fold import FoldedConv, FoldedUnit, rows_linear
 
-__all__ = ["MapView", "Scratch", "release_scratch", "dilate", "neighbour_index", "bottleneck_image", "basic_image", "active_density"]
+__all__ = ["MapView", "MapStats", "Scratch", "release_scratch", "dilate", "neighbour_index", "bottleneck_image",
+           "basic_image", "active_density"]
 
 CHUNK_ROWS = 4096  # positions per chunk: bounds the scratch memory (fewer, larger GEMMs are faster)
 
@@ -65,6 +70,32 @@ def release_scratch() -> None:
     _POOL.pools = {}
 
 
+def take_rows(src: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out = src[idx]: src (R, C) rows, idx (n,) int64, out (n, C) (a scratch buffer); native row copies on
+    fp32 CPU, ``torch.index_select`` elsewhere."""
+    if native.usable(src, out):
+        return native.gather_rows(src, idx, out)
+    return torch.index_select(src, 0, idx, out=out)
+
+
+class MapStats:
+    """Per-channel sum and sum of squares of each image of a stage's state, kept across its units.
+
+    ``sums``: (B, 2, C) float64; ``valid[b]``: whether image b's sums describe the current map. A unit that
+    writes image b through the native residual write adds the change of the rows it wrote (the other rows
+    are unchanged); any other write of the map (the dense folded unit, torch kernels) invalidates it, and
+    the halting branch recomputes the sums with one pass when it needs them (:mod:`.sparse_halting`).
+    """
+
+    def __init__(self, batch: int, channels: int) -> None:
+        self.sums = torch.zeros(batch, 2, channels, dtype=torch.float64)
+        self.valid = [False] * batch
+
+    def delta(self, b: int) -> Optional[torch.Tensor]:
+        """The (2, C) sums of image b to update in place with a write of its rows, or None if not valid."""
+        return self.sums[b] if self.valid[b] else None
+
+
 class MapView:
     """One image's (C,H,W) map as a positions x channels matrix; gathers and scatters positions."""
 
@@ -74,10 +105,15 @@ class MapView:
         self.mat = t.permute(1, 2, 0).view(h * w, c) if self.rows else t.view(c, h * w)
         self.channels = c
 
+    @property
+    def native_rows(self) -> bool:
+        """Whether the native row kernels take this map (channels-last fp32 CPU, contiguous rows)."""
+        return self.rows and native.usable(self.mat)
+
     def gather(self, idx: torch.Tensor, buf: str, ws: Scratch) -> torch.Tensor:
         """(k, C) values at flat positions ``idx``, in scratch buffer ``buf`` (transposed view for NCHW)."""
         if self.rows:
-            return torch.index_select(self.mat, 0, idx, out=ws.get(buf, idx.numel(), self.channels))
+            return take_rows(self.mat, idx, ws.get(buf, idx.numel(), self.channels))
         return torch.index_select(self.mat, 1, idx, out=ws.get(buf, self.channels, idx.numel())).t()
 
     def gather_plain(self, idx: torch.Tensor) -> torch.Tensor:
@@ -135,7 +171,7 @@ def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 
 def _conv3x3_rows(c: FoldedConv, src: torch.Tensor, nbr: torch.Tensor, out: torch.Tensor, ws: Scratch) -> None:
     """out (n,C_out) = relu(conv(src)) at n positions; src (R,C_in) channel-last rows, nbr (n,9) row ids."""
     n, c_in = nbr.shape[0], src.shape[1]
-    col = torch.index_select(src, 0, nbr.reshape(-1), out=ws.get("col", n * 9, c_in)).view(n, -1)
+    col = take_rows(src, nbr.reshape(-1), ws.get("col", n * 9, c_in)).view(n, -1)
     if c.groups == 1:  # col: (n, 9*C_in) ordered (ky, kx, c_in), like c.mat
         torch.clamp_min(rows_linear(col, c.mat, c.bias), 0.0, out=out)
         return
@@ -145,15 +181,23 @@ def _conv3x3_rows(c: FoldedConv, src: torch.Tensor, nbr: torch.Tensor, out: torc
     out.copy_(torch.bmm(col, w).permute(1, 0, 2).reshape(n, -1)).add_(c.bias).relu_()
 
 
-def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, out: MapView, ws: Scratch) -> None:
-    """out[aidx] = relu(h @ c.mat^T + bias + x[aidx]): the last conv as a GEMM over h (n,K), + identity."""
-    y = x.gather(aidx, "res", ws)
-    out.scatter(aidx, y.add_(rows_linear(h, c.mat, c.bias)).relu_())
+def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, out: MapView, ws: Scratch,
+               delta: Optional[torch.Tensor] = None) -> bool:
+    """out[aidx] = relu(h @ c.mat^T + bias + x[aidx]): the last conv as a GEMM over h (n,K), + identity.
+    ``delta`` ((2, C) float64): += the change of out's per-channel sums (:class:`MapStats`) if the native
+    write ran; returns whether it did."""
+    z = rows_linear(h, c.mat, c.bias)
+    if out.native_rows and x.native_rows and native.usable(z):
+        native.residual_scatter(out.mat, x.mat, aidx, z, delta)
+        return True
+    out.scatter(aidx, x.gather(aidx, "res", ws).add_(z).relu_())
+    return False
 
 
 def bottleneck_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: torch.Tensor,
-                     ws: Scratch) -> None:
-    """One image of a bottleneck unit: writes the active positions of ``out``; m, dm (H,W) bool."""
+                     ws: Scratch, delta: Optional[torch.Tensor] = None) -> bool:
+    """One image of a bottleneck unit: writes the active positions of ``out``; m, dm (H,W) bool. ``delta``:
+    out's (2, C) per-channel sums (:class:`MapStats`) to update; returns whether they were (native write)."""
     c1, c2, c3 = f.convs
     aidx, didx, nbr, _ = neighbour_index(m, dm, c2.dilation)
     n, nd = aidx.numel(), didx.numel()
@@ -161,14 +205,17 @@ def bottleneck_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, d
     for s, e in _chunks(nd):
         torch.clamp_min(rows_linear(x.gather(didx[s:e], "res", ws), c1.mat, c1.bias), 0.0, out=h1[s:e])
     h1[nd].zero_()
+    tracked = True
     for s, e in _chunks(n):
         h2 = ws.get("h2", e - s, c2.mat.shape[0])
         _conv3x3_rows(c2, h1, nbr[s:e], h2, ws)
-        _last_conv(c3, h2, x, aidx[s:e], out, ws)
+        tracked &= _last_conv(c3, h2, x, aidx[s:e], out, ws, delta)
+    return tracked
 
 
-def basic_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: torch.Tensor, ws: Scratch) -> None:
-    """One image of a basic unit (3x3 -> 3x3); same arguments as :func:`bottleneck_image`."""
+def basic_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: torch.Tensor, ws: Scratch,
+                delta: Optional[torch.Tensor] = None) -> bool:
+    """One image of a basic unit (3x3 -> 3x3); same arguments and result as :func:`bottleneck_image`."""
     c1, c2 = f.convs
     H, W = m.shape
     aidx, didx, nbr, ppos = neighbour_index(m, dm, 1)
@@ -183,6 +230,8 @@ def basic_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: to
         _conv3x3_rows(c1, src, nbr_in[s:e], h1[s:e], ws)
     h1[nd].zero_()
     del src
+    tracked = True
     for s, e in _chunks(n):
-        col = torch.index_select(h1, 0, nbr[s:e].reshape(-1), out=ws.get("col", (e - s) * 9, h1.shape[1]))
-        _last_conv(c2, col.view(e - s, -1), x, aidx[s:e], out, ws)
+        col = take_rows(h1, nbr[s:e].reshape(-1), ws.get("col", (e - s) * 9, h1.shape[1]))
+        tracked &= _last_conv(c2, col.view(e - s, -1), x, aidx[s:e], out, ws, delta)
+    return tracked

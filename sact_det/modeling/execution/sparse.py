@@ -19,7 +19,8 @@ from torch import nn
 
 from ...config.constants import EXECUTION_MODES, SPARSE_MAX_DENSITY  # re-exported: defined once there
 from .fold import FoldedUnit, dense_folded_forward, fold_unit
-from .gather import MapView, Scratch, active_density, basic_image, bottleneck_image, dilate
+from . import native
+from .gather import MapStats, MapView, Scratch, active_density, basic_image, bottleneck_image, dilate
 
 __all__ = [
     "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "cached_fold", "release_folds",
@@ -75,13 +76,17 @@ def _keep_inactive(y: torch.Tensor, x: torch.Tensor, active: torch.Tensor, frac:
     for b, f in enumerate(frac):
         if f < 1.0:
             idx = (~active[b, 0]).reshape(-1).nonzero().squeeze(1)
-            MapView(y[b]).scatter(idx, MapView(x[b]).gather_plain(idx))
+            dst, src = MapView(y[b]), MapView(x[b])
+            if dst.native_rows and src.native_rows:
+                native.copy_rows(dst.mat, src.mat, idx)
+            else:
+                dst.scatter(idx, src.gather_plain(idx))
     return y
 
 
 def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor,
                         max_density: float = 1.0, inplace: bool = False,
-                        density: Optional[List[float]] = None) -> torch.Tensor:
+                        density: Optional[List[float]] = None, stats: Optional[MapStats] = None) -> torch.Tensor:
     """``torch.where(active, block(x), x)`` computed only where needed.
 
     x: (B,C,H,W) float; active: (B,1,H,W) bool, or (B,1,1,1) for ACT (whole image on/off).
@@ -93,7 +98,9 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     contiguous; x must not be used afterwards). Returns (B,C,H,W) in the dtype of x, and in the
     memory format of x when the gather kernel ran (under ``torch.autocast`` with a bf16 / fp16 x
     the whole unit runs in that dtype, see :meth:`FoldedUnit.to_dtype`). Channels-last is faster
-    (gathers and scatters whole rows of C values instead of strided columns).
+    (gathers and scatters whole rows of C values instead of strided columns). ``stats``: the per-channel sums
+    of x (:class:`.gather.MapStats`), updated for the images the native gather kernel wrote and marked
+    invalid for those that ran densely.
     """
     _check(folded, x, active)
     folded = folded.to_dtype(x.dtype)  # under autocast: the fold rounded to the bf16 / fp16 state
@@ -104,6 +111,9 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
         return x
     dense_ids = [b for b, d in enumerate(frac) if d > 0 and (whole or d >= max_density)]
     sparse_ids = [b for b, d in enumerate(frac) if 0 < d and not (whole or d >= max_density)]
+    if stats is not None:
+        for b in dense_ids:
+            stats.valid[b] = False
     if len(dense_ids) == B:  # every image runs densely: no copy of x, no per-image indexing
         y = dense_folded_forward(folded, x).to(x.dtype)  # (autocast convs return bf16 / fp16 for an fp32 x)
         return y if min(frac) == 1.0 else _keep_inactive(y, x, active, frac)
@@ -124,5 +134,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
         ws = Scratch(x)
         for i, b in enumerate(sparse_ids):
             view = MapView(out[b])  # read and written in place: every position is read before it is written
-            run(folded, view, view, m[i], dm[i], ws)
+            tracked = run(folded, view, view, m[i], dm[i], ws, None if stats is None else stats.delta(b))
+            if stats is not None and not tracked:
+                stats.valid[b] = False
     return out

@@ -27,11 +27,13 @@ from ..core.norms import inference_affine
 from ..halting.branches import SpatialHalting, shift_sum
 from ..halting.state import state_dtype
 from .fold import rows_linear
-from .gather import MapView, active_density, dilate, neighbour_index
+from . import native
+from .gather import MapStats, MapView, active_density, dilate, neighbour_index
 
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
+NATIVE_ACCUMULATE_BELOW = 0.5  # active fraction below which the native kernel accumulates (else a dense pass)
 
 
 def _group_norm_affine(norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -64,21 +66,24 @@ def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch
     return fixed
 
 
-def _channel_stats(x: MapView, need_var: bool = True,
-                   chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Per-channel mean and (biased) variance (None unless ``need_var``) over all positions of one map: (C,), (C,).
+def _channel_sums(x: MapView, need_var: bool = True,
+                  chunk_elems: int = 1 << 18) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Per-channel sum and sum of squares (None unless ``need_var``) over all positions of one map: (C,), (C,)
+    float64.
 
-    One pass in chunks of positions (about ``chunk_elems`` values, at least 512 positions) through
-    a small reused buffer (much faster on CPU than ``torch.var_mean`` over the spatial dims);
-    sums are accumulated in float64. Returned in :func:`.act.state_dtype` of the map (float32
-    for a bf16 / fp16 map, whose chunks are converted to float32 before they are squared).
+    One pass: the native kernel on fp32 channels-last rows, else in chunks of positions (about
+    ``chunk_elems`` values, at least 512 positions) through a small reused buffer (much faster on CPU
+    than ``torch.var_mean`` over the spatial dims); bf16 / fp16 chunks are converted to float32 before
+    they are squared.
     """
     rows = x.all_rows()  # (HW, C), possibly a transposed view
+    if x.native_rows:
+        return native.channel_sums(rows, need_var)
     n, c = rows.shape
     acc = state_dtype(rows.dtype)
     chunk = max(512, chunk_elems // max(c, 1))
     s1 = torch.zeros(c, dtype=torch.float64, device=rows.device)
-    s2 = torch.zeros_like(s1)
+    s2 = torch.zeros_like(s1) if need_var else None
     buf = rows.new_empty(min(chunk, n) * c, dtype=acc)
     for s in range(0, n, chunk):
         part = rows[s: s + chunk]
@@ -89,8 +94,45 @@ def _channel_stats(x: MapView, need_var: bool = True,
         s1 += part.sum(0)
         if need_var:
             s2 += torch.mul(part, part, out=out).sum(0)  # part is summed already: out may be part itself
+    return s1, s2
+
+
+def _moments(s1: torch.Tensor, s2: Optional[torch.Tensor], n: int,
+             dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """Mean and biased variance (None without ``s2``) per channel from the float64 sums of n positions."""
     mean = s1 / n
-    return mean.to(acc), (s2 / n - mean ** 2).clamp_min(0).to(acc) if need_var else None
+    return mean.to(dtype), None if s2 is None else (s2 / n - mean ** 2).clamp_min(0).to(dtype)
+
+
+def _map_moments(views: List[MapView], need_var: bool, stats: Optional[MapStats],
+                 dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(B, C) per-channel means and variances (None unless ``need_var``) of each map: from ``stats`` where they
+    are valid, else one pass over the map (whose sums are then stored in ``stats``)."""
+    means, variances = [], []
+    for b, v in enumerate(views):
+        if stats is not None and stats.valid[b]:
+            s1, s2 = stats.sums[b]
+        else:
+            s1, s2 = _channel_sums(v, need_var or stats is not None)
+            if stats is not None:
+                stats.sums[b, 0], stats.sums[b, 1] = s1, s2
+                stats.valid[b] = True
+        mean, var = _moments(s1, s2 if need_var else None, v.all_rows().shape[0], dtype)
+        means.append(mean)
+        variances.append(var)
+    return torch.stack(means), torch.stack(variances) if need_var else None
+
+
+def _taps(rows: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """rows[idx] @ wt^T (all rows without ``idx``): rows (HW, C), wt (k, C) -> (n, k) in the dtype of rows. The
+    native dot kernel on fp32 rows (reads the rows in place: no gathered copy), else oneDNN / torch.addmm
+    (:func:`.fold.rows_linear`) on the (gathered) rows."""
+    k, c = wt.shape
+    if native.usable(rows, wt) and k in native.DOT_WIDTHS and c % 8 == 0:
+        return native.row_dots(rows, wt, idx)
+    if idx is not None:
+        rows = rows.index_select(0, idx)
+    return rows_linear(rows.contiguous(), wt, wt.new_zeros(k))
 
 
 def supports_sparse_halting(halting: nn.Module) -> bool:
@@ -106,13 +148,15 @@ def supports_sparse_halting(halting: nn.Module) -> bool:
 
 
 def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[torch.Tensor] = None,
-                   density: Optional[List[float]] = None) -> torch.Tensor:
+                   density: Optional[List[float]] = None, stats: Optional[MapStats] = None) -> torch.Tensor:
     """Halting score at the active positions: x (B,C,H,W), active (B,1,H,W) bool or None (all positions)
     -> h (B,1,H,W), 0 where not active, in :func:`.act.state_dtype` of x (float32 for bf16 / fp16 x).
 
     norm(x) = a*x + d per channel (GroupNorm: a, d from the map statistics), so the kxk conv of the
     zero-padded norm(x) at p is sum over in-map neighbours q_k of (taps[q_k, k] + e_k), with
     taps = x_rows @ (w*a) (one skinny GEMM over the map) and e_k = sum_c w[c,k] d[c].
+    ``stats``: the per-channel sums of x (:class:`.gather.MapStats`) kept by the stage; used where valid (no
+    pass over the map for the GroupNorm statistics / the pooled mean), filled in where not.
     """
     if not supports_sparse_halting(halting):
         raise ValueError(f"sparse_halting: unsupported halting branch {halting}")
@@ -124,16 +168,15 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
     dens = [1.0] * B if active is None else density if density is not None else active_density(active)
     gathered = [0 < f < GATHER_TAPS_BELOW for f in dens]
     fixed_global = _fixed_affine(halting.global_norm, halting.global_conv.weight)
-    if fixed_global is not None and not any(gathered):
+    known = stats is not None and all(stats.valid)
+    if fixed_global is not None and not any(gathered) and not known:
         # the pooled branch is linear in the map mean: one more GEMM column, mean(x_rows @ (wg*ag)) + sum(wg*dg)
         wg = halting.global_conv.weight.reshape(C).to(acc)
         gcol, gconst = wg * fixed_global[0].to(acc), (wg * fixed_global[1].to(acc)).sum()
         mean = var = None
     else:
         need_var = isinstance(halting.local_norm, nn.GroupNorm)  # other norms: a, d do not depend on the map
-        stats = [_channel_stats(v, need_var) for v in views]  # one pass over each map
-        mean = torch.stack([st[0] for st in stats])  # (B,C)
-        var = torch.stack([st[1] for st in stats]) if need_var else None
+        mean, var = _map_moments(views, need_var, stats, acc)  # (B,C) each; a pass over a map without valid stats
         pooled = mean.to(x.dtype).view(B, C, 1, 1)  # as the dense branch (which pools in x's dtype)
         glob = halting.global_conv(halting.global_norm(pooled)).view(B).to(acc)
     fixed_local = _fixed_affine(halting.local_norm, conv.weight)
@@ -150,10 +193,10 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         if gathered[b]:
             # few active positions: taps only on the dilated mask (rows gathered), neighbours in that order
             aidx, didx, nbr, _ = neighbour_index(m, dilate(m[None], 1)[0] if k2 > 1 else m, 1, k2)
-            rows, outside = views[b].gather_plain(didx), didx.numel()
-            # taps[q, k] = sum_c w[c,k] a[c] x[c,q] (+ a zero last row: padding); oneDNN / torch.addmm, see rows_linear
+            outside = didx.numel()
+            # taps[q, k] = sum_c w[c,k] a[c] x[c,q] (+ a zero last row: padding)
             wt = wa.to(x.dtype).t().contiguous()
-            taps = torch.cat([rows_linear(rows.contiguous(), wt, wt.new_zeros(k2)), wt.new_zeros(1, k2)])
+            taps = torch.cat([_taps(views[b].all_rows(), wt, didx), wt.new_zeros(1, k2)])
             # elementwise + sum, not ``@``: autocast would run a matmul in bf16 / fp16
             z = taps.gather(0, nbr).to(acc).sum(1) + ((nbr < outside).to(acc) * const).sum(1)
             h[b].index_copy_(0, aidx, torch.sigmoid(z + conv.bias[0] + glob[b]))
@@ -164,7 +207,7 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         cols = (wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)).to(x.dtype)
         rows = views[b].all_rows()
         if rows.is_contiguous() and x.dtype == torch.float32:
-            taps = rows_linear(rows, cols.t().contiguous(), cols.new_zeros(cols.shape[1])).t().to(acc)
+            taps = _taps(rows, cols.t().contiguous()).t().to(acc)
         else:
             taps = torch.mm(cols.t(), rows.t()).to(acc)
         g = glob[b] if mean is not None else taps[k2].mean() + gconst
@@ -179,18 +222,23 @@ def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
     """out += weight * x, touching only active positions (weight is 0 elsewhere); in place, returns out.
 
     out, x: (B,C,H,W) same memory format; weight: (B,1,H,W); active: (B,1,H,W) bool. Images with
-    active fraction >= ``max_density`` use one dense in-place pass.
+    active fraction >= ``max_density`` use one dense in-place pass (>= :data:`NATIVE_ACCUMULATE_BELOW` with
+    the native row kernel, fp32 channels-last).
     """
     B, C, H, W = x.shape
     frac = active_density(active) if density is None else density
     for b, f in enumerate(frac):
         if f == 0:
             continue
-        if f >= max_density:
+        o, xv = MapView(out[b]), MapView(x[b])
+        fast = o.native_rows and xv.native_rows and native.usable(weight)
+        if f >= (NATIVE_ACCUMULATE_BELOW if fast else max_density):
             out[b].addcmul_(weight[b], x[b])
             continue
         aidx = active[b].reshape(-1).nonzero().squeeze(1)
-        o, xv = MapView(out[b]), MapView(x[b])
+        if fast:
+            native.axpy_rows(o.mat, xv.mat, weight[b].reshape(-1), aidx)
+            continue
         rows = o.gather_plain(aidx)
         rows.addcmul_(weight[b].reshape(-1).index_select(0, aidx)[:, None], xv.gather_plain(aidx))
         o.scatter(aidx, rows)

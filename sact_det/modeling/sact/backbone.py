@@ -25,6 +25,7 @@ from ..core.ponder_maps import sum_ponder_maps
 from ..core.resnets import make_resnet_stages
 from ..execution import sparse
 from ..execution.fold import dense_folded_forward, fold_block
+from ..execution.gather import MapStats
 from ..halting.branches import build_halting
 from ..halting.state import HaltingState, capturing_graph
 from .flops import backbone_flops
@@ -94,6 +95,8 @@ class SACTStage(nn.Sequential):
         per_image = self.sparse_max_density if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active, density = None, None
+        # per-channel sums of the state kept across units (the halting statistics; updated by the native kernels)
+        stats = MapStats(x.shape[0], x.shape[1]) if x.device.type == "cpu" else None
         replay = self._replay
         for index, block in enumerate(self):
             if index > 0:
@@ -104,11 +107,11 @@ class SACTStage(nn.Sequential):
                 masks.append(active)
                 # per image: gather kernel below the density threshold, dense folded unit above it
                 x = sparse.sparse_unit_forward(sparse.cached_fold(block), x, active, max_density=per_image,
-                                               inplace=True, density=density)
+                                               inplace=True, density=density, stats=stats)
             last = index == num - 1
             h = None
             if not last:  # SACT: the score only where the position is still active (everywhere after unit 0)
-                h = sparse_halting(block.halting, x, active, density) if supports_sparse_halting(block.halting) \
+                h = sparse_halting(block.halting, x, active, density, stats) if supports_sparse_halting(block.halting) \
                     else block.halting(x)
             like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
             weight = state.step(h, last=last, like=like)

@@ -1,0 +1,213 @@
+"""Native row kernels of the sparse path (``kernels.c``), built with the system C compiler on first use.
+
+The kernels read a channels-last map as an n x c float32 matrix and touch each row once: per-channel
+sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps),
+indexed row copies, the residual write of a unit's last conv with the change of the channel sums,
+and the accumulation ``out += w * x`` at given positions. torch does the same in several passes or
+with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers), see
+``tools/benchmark_sparse.py --part native``.
+
+No torch headers, no ninja: ``cc -O3 -march=native -shared`` takes under a second; the library is
+cached in ``$SACT_NATIVE_DIR`` (default ``~/.cache/sact_det/native``) under a name keyed on the
+source, the flags and the CPU, and called through ctypes with raw pointers after the checks below.
+Everything here has a torch fallback: :func:`available` is False (and the callers use torch) when
+``SACT_NATIVE=0``, when no compiler is found or the build fails (one warning says why), on non-x86 /
+non-Linux hosts where it was not tested, and for anything but contiguous fp32 CPU rows.
+"""
+import ctypes
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Optional
+
+import torch
+
+__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "gather_rows", "copy_rows",
+           "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR"]
+
+ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
+ENV_DIR = "SACT_NATIVE_DIR"
+SOURCE = Path(__file__).with_name("kernels.c")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+DOT_WIDTHS = (1, 9, 10)  # numbers of dot products per row sd_row_dots is specialised for
+
+_LOCK = threading.Lock()
+_LIB: Optional[ctypes.CDLL] = None
+_TRIED = False
+_I64, _P = ctypes.c_int64, ctypes.c_void_p
+
+
+def _cpu_key() -> str:
+    try:
+        flags = next((ln for ln in Path("/proc/cpuinfo").read_text().splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        flags = ""
+    return platform.machine() + flags
+
+
+def _build() -> Optional[ctypes.CDLL]:
+    if os.environ.get(ENV_ENABLE, "1") == "0":
+        return None
+    if platform.system() != "Linux" or platform.machine() not in ("x86_64", "AMD64"):
+        return None
+    cc = os.environ.get("CC") or shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        warnings.warn("sact_det native kernels: no C compiler (cc / gcc) found; the sparse path uses torch only")
+        return None
+    src = SOURCE.read_bytes()
+    key = hashlib.sha256(src + " ".join((cc, *FLAGS, _cpu_key())).encode()).hexdigest()[:16]
+    folder = Path(os.environ.get(ENV_DIR) or Path.home() / ".cache" / "sact_det" / "native")
+    lib = folder / f"sact_kernels_{key}.so"
+    if not lib.exists():
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, renamed into place (atomic)
+                out = Path(tmp) / lib.name
+                subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
+                os.replace(out, lib)
+        except (OSError, subprocess.CalledProcessError) as e:
+            detail = getattr(e, "stderr", "") or str(e)
+            warnings.warn(f"sact_det native kernels: building {SOURCE.name} with {cc} failed ({detail.strip()[:300]}); "
+                          "the sparse path uses torch only")
+            return None
+    handle = ctypes.CDLL(str(lib))
+    i64, p = _I64, _P
+    sigs = {
+        "sd_channel_sums": (None, [p, i64, i64, p, p]),
+        "sd_row_dots": (ctypes.c_int, [p, i64, p, i64, p, i64, i64, p]),
+        "sd_gather_rows": (None, [p, i64, p, i64, p]),
+        "sd_copy_rows": (None, [p, p, i64, p, i64]),
+        "sd_residual_scatter": (None, [p, p, i64, p, i64, p, p, p]),
+        "sd_axpy_rows": (None, [p, p, p, i64, p, i64]),
+    }
+    for name, (res, args) in sigs.items():
+        fn = getattr(handle, name)
+        fn.restype, fn.argtypes = res, args
+    return handle
+
+
+def library() -> Optional[ctypes.CDLL]:
+    """The loaded kernel library (built on the first call), or None when it is not available."""
+    global _LIB, _TRIED
+    if not _TRIED:
+        with _LOCK:
+            if not _TRIED:
+                _LIB, _TRIED = _build(), True
+    return _LIB if os.environ.get(ENV_ENABLE, "1") != "0" else None
+
+
+def available() -> bool:
+    """Whether the native kernels can run here (built, not disabled by ``SACT_NATIVE=0``)."""
+    return library() is not None
+
+
+def usable(*tensors: torch.Tensor) -> bool:
+    """Whether the native kernels may take these tensors: all contiguous fp32 CPU tensors (int64 index
+    tensors are checked by the functions), no autograd, and the library available."""
+    return all(t.device.type == "cpu" and t.dtype == torch.float32 and t.is_contiguous() and not t.requires_grad
+               for t in tensors) and available()
+
+
+def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
+    return None if t is None else t.data_ptr()
+
+
+def _index(idx: torch.Tensor, rows: int) -> torch.Tensor:
+    """idx as a contiguous 1-d int64 CPU tensor of row ids in [0, rows) (checked: the kernels do not)."""
+    if idx.device.type != "cpu" or idx.dtype != torch.int64 or idx.dim() != 1:
+        raise ValueError(f"native kernels: index must be a 1-d int64 CPU tensor, got {idx.dtype} {tuple(idx.shape)}")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= rows):
+        raise IndexError(f"native kernels: row index out of range [0, {rows})")
+    return idx.contiguous()
+
+
+def _rows(t: torch.Tensor, name: str) -> None:
+    if t.dim() != 2 or not usable(t):
+        raise ValueError(f"native kernels: {name} must be contiguous (n, c) fp32 CPU rows, got {t.dtype} "
+                         f"{tuple(t.shape)} contiguous={t.is_contiguous()}")
+
+
+def channel_sums(x: torch.Tensor, squares: bool = True):
+    """Per-channel sum and sum of squares (None unless ``squares``) of x (n, c): two (c,) float64 tensors."""
+    _rows(x, "x")
+    s1 = torch.empty(x.shape[1], dtype=torch.float64)
+    s2 = torch.empty_like(s1) if squares else None
+    library().sd_channel_sums(x.data_ptr(), x.shape[0], x.shape[1], s1.data_ptr(), _ptr(s2))
+    return s1, s2
+
+
+def row_dots(x: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """x[idx] @ wt^T: x (n, c) rows (all, or the rows ``idx`` (m,)), wt (k, c) with k in :data:`DOT_WIDTHS`
+    and c a multiple of 8 -> (m, k) float32."""
+    _rows(x, "x")
+    _rows(wt, "wt")
+    k, c = wt.shape
+    if c != x.shape[1] or k not in DOT_WIDTHS or c % 8:
+        raise ValueError(f"row_dots: wt {tuple(wt.shape)} for x {tuple(x.shape)} (k in {DOT_WIDTHS}, c % 8 == 0)")
+    if idx is not None:
+        idx = _index(idx, x.shape[0])
+    m = x.shape[0] if idx is None else idx.numel()
+    out = x.new_empty(m, k)
+    rc = library().sd_row_dots(x.data_ptr(), x.shape[0], _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr())
+    if rc != 0:
+        raise RuntimeError(f"sd_row_dots failed ({rc})")
+    return out
+
+
+def gather_rows(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out[i] = x[idx[i]]: x (n, c), idx (m,), out (m, c) (e.g. a scratch buffer); returns out."""
+    _rows(x, "x")
+    _rows(out, "out")
+    idx = _index(idx, x.shape[0])
+    if out.shape != (idx.numel(), x.shape[1]):
+        raise ValueError(f"gather_rows: out {tuple(out.shape)} for {idx.numel()} rows of {x.shape[1]}")
+    library().sd_gather_rows(x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr())
+    return out
+
+
+def copy_rows(dst: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> None:
+    """dst[idx] = src[idx]: both (n, c) (distinct tensors), idx (m,) row ids."""
+    _rows(dst, "dst")
+    _rows(src, "src")
+    if dst.shape != src.shape:
+        raise ValueError(f"copy_rows: shapes differ {tuple(dst.shape)} / {tuple(src.shape)}")
+    idx = _index(idx, dst.shape[0])
+    library().sd_copy_rows(dst.data_ptr(), src.data_ptr(), dst.shape[1], idx.data_ptr(), idx.numel())
+
+
+def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: torch.Tensor,
+                     delta: Optional[torch.Tensor] = None) -> None:
+    """out[idx[i]] = relu(z[i] + x[idx[i]]): a unit's last conv z (m, c) plus its identity shortcut, written
+    at the rows ``idx`` of out (n, c) (out may be x: each row is read before it is written). ``delta``
+    (2, c) float64: adds the change of the per-channel sums, sum(new - old) and sum(new^2 - old^2), where
+    old is out[idx] before the write (the incremental map statistics of the halting branch)."""
+    _rows(out, "out")
+    _rows(x, "x")
+    _rows(z, "z")
+    idx = _index(idx, out.shape[0])
+    if x.shape != out.shape or z.shape != (idx.numel(), out.shape[1]):
+        raise ValueError(f"residual_scatter: out {tuple(out.shape)}, x {tuple(x.shape)}, z {tuple(z.shape)}, "
+                         f"{idx.numel()} rows")
+    if delta is not None and (delta.dtype != torch.float64 or delta.shape != (2, out.shape[1])
+                              or not delta.is_contiguous()):
+        raise ValueError("residual_scatter: delta must be a contiguous (2, c) float64 tensor")
+    d1 = None if delta is None else delta[0]
+    d2 = None if delta is None else delta[1]
+    library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
+                                  z.data_ptr(), _ptr(d1), _ptr(d2))
+
+
+def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> None:
+    """out[q] += w[q] * x[q] for q in idx: out, x (n, c) rows, w (n,) one weight per row."""
+    _rows(out, "out")
+    _rows(x, "x")
+    if x.shape != out.shape or w.shape != (out.shape[0],) or not usable(w):
+        raise ValueError(f"axpy_rows: out {tuple(out.shape)}, x {tuple(x.shape)}, w {tuple(w.shape)}")
+    idx = _index(idx, out.shape[0])
+    library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel())

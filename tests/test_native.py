@@ -1,0 +1,206 @@
+"""The native row kernels (sact_det/modeling/execution/native) against float64 torch references, the
+incremental map statistics against a fresh pass, and the torch fallback (SACT_NATIVE=0)."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from sact_det.modeling.execution import native
+from sact_det.modeling.execution.gather import MapStats
+from sact_det.modeling.execution.sparse import fold_unit, sparse_unit_forward
+
+needs_native = pytest.mark.skipif(not native.available(), reason="native kernels not built here (no C compiler, "
+                                  "not Linux x86-64, or SACT_NATIVE=0): the sparse path runs on torch only")
+
+
+def _rows(n: int, c: int, seed: int = 0) -> torch.Tensor:
+    return torch.randn(n, c, generator=torch.Generator().manual_seed(seed))
+
+
+def _idx(n: int, m: int, seed: int = 1) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:m].sort().values
+
+
+@needs_native
+@pytest.mark.parametrize("n,c", [(1, 8), (130, 64), (1000, 72), (77, 13)])
+def test_channel_sums(n, c):
+    x = _rows(n, c) + 3.0  # an offset: sums of squares must not cancel
+    s1, s2 = native.channel_sums(x)
+    x64 = x.double()
+    torch.testing.assert_close(s1, x64.sum(0), rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(s2, (x64 * x64).sum(0), rtol=1e-6, atol=1e-6)
+    assert native.channel_sums(x, squares=False)[1] is None
+
+
+@needs_native
+@pytest.mark.parametrize("k", native.DOT_WIDTHS)
+@pytest.mark.parametrize("with_idx", [False, True])
+def test_row_dots(k, with_idx):
+    x, wt = _rows(301, 48), _rows(k, 48, seed=2)
+    idx = _idx(301, 120) if with_idx else None
+    ref = (x if idx is None else x[idx]).double() @ wt.double().t()
+    torch.testing.assert_close(native.row_dots(x, wt, idx).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_row_dots_rejects_unsupported_shapes():
+    with pytest.raises(ValueError, match="multiple of 8|k in"):
+        native.row_dots(_rows(5, 12), _rows(9, 12))
+    with pytest.raises(ValueError, match="k in"):
+        native.row_dots(_rows(5, 16), _rows(3, 16))
+
+
+@needs_native
+def test_gather_and_copy_rows():
+    x, idx = _rows(50, 24), _idx(50, 17)
+    out = torch.empty(17, 24)
+    assert native.gather_rows(x, idx, out) is out
+    assert torch.equal(out, x[idx])
+    dst = torch.zeros(50, 24)
+    native.copy_rows(dst, x, idx)
+    expected = torch.zeros(50, 24)
+    expected[idx] = x[idx]
+    assert torch.equal(dst, expected)
+
+
+@needs_native
+@pytest.mark.parametrize("inplace", [True, False])
+def test_residual_scatter_and_sum_changes(inplace):
+    n, c, m = 200, 40, 90
+    x = _rows(n, c).relu()
+    out = x if inplace else x.clone()
+    before = out.double().clone()
+    idx, z = _idx(n, m), _rows(m, c, seed=3)
+    delta = torch.stack([before.sum(0), (before * before).sum(0)])  # the sums before the write
+    native.residual_scatter(out, x if not inplace else out, idx, z, delta)
+    expected = before.clone()
+    expected[idx] = (z.double() + before[idx]).clamp_min(0)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
+    # the updated sums describe the new map
+    torch.testing.assert_close(delta[0], expected.sum(0), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(delta[1], (expected * expected).sum(0), rtol=1e-5, atol=1e-5)
+
+
+@needs_native
+def test_axpy_rows():
+    n, c = 120, 16
+    out, x, w = _rows(n, c), _rows(n, c, seed=4), torch.rand(n)
+    idx = _idx(n, 33)
+    expected = out.double().clone()
+    expected[idx] += w.double()[idx, None] * x.double()[idx]
+    native.axpy_rows(out, x, w, idx)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
+def test_bad_input_is_refused():
+    x = _rows(10, 8)
+    with pytest.raises(IndexError):
+        native.gather_rows(x, torch.tensor([0, 10]), torch.empty(2, 8))
+    with pytest.raises(IndexError):
+        native.axpy_rows(x, x.clone(), torch.rand(10), torch.tensor([-1]))
+    with pytest.raises(ValueError, match="int64"):
+        native.gather_rows(x, torch.tensor([0, 1], dtype=torch.int32), torch.empty(2, 8))
+    with pytest.raises(ValueError, match="fp32"):
+        native.channel_sums(x.double())
+    with pytest.raises(ValueError, match="fp32"):
+        native.channel_sums(x.t())  # not contiguous rows
+
+
+@needs_native
+def test_map_stats_follow_the_sparse_unit():
+    """Sums carried through three sparse units (native residual write) equal a fresh pass over the result."""
+    from detectron2.modeling.backbone.resnet import BottleneckBlock
+
+    torch.manual_seed(0)
+    block = BottleneckBlock(64, 64, bottleneck_channels=16, norm="BN").eval()
+    for m in block.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    folded = fold_unit(block)
+    x = torch.rand(2, 64, 13, 17).contiguous(memory_format=torch.channels_last)
+    stats = MapStats(2, 64)
+    for b in range(2):
+        rows = x[b].permute(1, 2, 0).reshape(-1, 64).double()
+        stats.sums[b] = torch.stack([rows.sum(0), (rows * rows).sum(0)])
+        stats.valid[b] = True
+    with torch.no_grad():
+        for step in range(3):
+            active = torch.rand(2, 1, 13, 17) < 0.4 - 0.1 * step
+            x = sparse_unit_forward(folded, x, active, inplace=True, stats=stats)
+    for b in range(2):
+        assert stats.valid[b]
+        rows = x[b].permute(1, 2, 0).reshape(-1, 64).double()
+        torch.testing.assert_close(stats.sums[b, 0], rows.sum(0), rtol=1e-6, atol=1e-4)
+        torch.testing.assert_close(stats.sums[b, 1], (rows * rows).sum(0), rtol=1e-6, atol=1e-4)
+    # a densely run image (max_density 0: every image with an active position) invalidates its sums
+    with torch.no_grad():
+        sparse_unit_forward(folded, x, torch.ones(2, 1, 13, 17, dtype=torch.bool), max_density=0.0, stats=stats)
+    assert stats.valid == [False, False]
+
+
+def test_disabled_by_environment(tmp_path):
+    """SACT_NATIVE=0: nothing is built, available() is False, the sparse path runs on torch."""
+    code = ("from sact_det.modeling.execution import native; import os; "
+            "print(native.available(), sorted(os.listdir(os.environ['SACT_NATIVE_DIR'])) if "
+            "os.path.isdir(os.environ['SACT_NATIVE_DIR']) else [])")
+    env = dict(os.environ, SACT_NATIVE="0", SACT_NATIVE_DIR=str(tmp_path / "lib"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "[]"]
+
+
+@needs_native
+def test_build_from_scratch(tmp_path):
+    """A fresh cache folder: the library is compiled there and loads."""
+    code = ("from sact_det.modeling.execution import native; import os; "
+            "print(native.available(), [f.endswith('.so') for f in os.listdir(os.environ['SACT_NATIVE_DIR'])])")
+    env = dict(os.environ, SACT_NATIVE="1", SACT_NATIVE_DIR=str(tmp_path / "lib"))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "[True]"]
+
+
+@pytest.mark.parametrize("native_on", [True, False], ids=["native", "torch-only"])
+def test_gn_halting_stage_sparse_equals_masked_dense(native_on, monkeypatch):
+    """A full-width-layout R-50 SACT backbone with GroupNorm halting (the COCO configs'): the sparse / auto runs
+    (native kernels with the map statistics carried across units, or torch only) give the masked dense path's
+    features, ponder costs and masks."""
+    from detectron2.modeling import build_backbone
+
+    from sact_det.modeling.halting.branches import SpatialHalting
+    from tests.helpers import randomize_bn, tiny_cfg
+
+    if native_on and not native.available():
+        pytest.skip("native kernels not built here")
+    monkeypatch.setenv(native.ENV_ENABLE, "1" if native_on else "0")
+    torch.manual_seed(0)
+    cfg = tiny_cfg(depth=50)
+    cfg.MODEL.SACT.HALT_NORM = "GN"
+    bb = build_backbone(cfg).eval()
+    randomize_bn(bb)
+    g = torch.Generator().manual_seed(0)
+    for m in bb.modules():
+        if isinstance(m, SpatialHalting):
+            m.local_conv.weight.data = torch.randn(m.local_conv.weight.shape, generator=g) * 0.3
+            m.local_conv.bias.data.fill_(1.5)
+            m.local_norm.weight.data = torch.rand(m.local_norm.weight.shape, generator=g) + 0.5
+            m.local_norm.bias.data = torch.randn(m.local_norm.bias.shape, generator=g) * 0.3
+    x = torch.randn(2, 3, 96, 128)
+    runs = {}
+    for execution in ("dense", "sparse", "auto"):
+        bb.set_execution(execution, 0.5)
+        with torch.no_grad():
+            out = bb(x)["res4"]
+        runs[execution] = (out, {k: (p.ponder_cost.clone(), [m.clone() for m in p.masks])
+                                 for k, p in bb.last_ponder.items()})
+    ref, ponder = runs["dense"]
+    partial = [m for _, ms in ponder.values() for m in ms if 0 < m.float().mean() < 1]
+    assert partial, "the test needs masks that are neither empty nor full"
+    for execution in ("sparse", "auto"):
+        out, pon = runs[execution]
+        torch.testing.assert_close(out, ref, atol=1e-4 * float(ref.abs().max()), rtol=1e-4)
+        for k, (rho, masks) in ponder.items():
+            torch.testing.assert_close(pon[k][0], rho, atol=1e-5, rtol=1e-4)
+            assert all(torch.equal(a, b) for a, b in zip(pon[k][1], masks))
