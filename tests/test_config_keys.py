@@ -21,7 +21,7 @@ CONFIG_DIR = REPO / "sact_det" / "config"
 # key group -> a few defaults written down from the papers / original code / README (not read from the code)
 GROUPS = {
     "MODEL.SACT": {"MODE": "sact", "TAU": 0.005, "EPS": 0.01, "HALT_BIAS_INIT": -3.0, "EXECUTION": "dense",
-                   "SPARSE_MAX_DENSITY": 0.75, "STAGES": ["res2", "res3", "res4"]},
+                   "SPARSE_MAX_DENSITY": -1.0, "STAGES": ["res2", "res3", "res4"]},
     "MODEL.AIG": {"TARGET_RATE": 0.6, "GATE_HIDDEN": 16, "GATE_BIAS_INIT": [0.1, 2.0], "TEST_GATES": "threshold"},
     "MODEL.BLOCKDROP": {"ALPHA": 0.8, "PHASE": "finetune", "POLICY_INPUT_SIZE": 112},
     "SACT_TRAIN": {"TAU_WARMUP_ITERS": 0, "PER_ITER_SEED": True, "OPTIMIZER": "SGD"},
@@ -133,12 +133,16 @@ def test_no_import_time_hooks():
 
 def test_shared_constants():
     assert C.STAGE_ORDER == ("res2", "res3", "res4", "res5")
-    assert C.EXECUTION_MODES == ("dense", "sparse", "auto") and C.SPARSE_MAX_DENSITY == 0.75
+    assert C.EXECUTION_MODES == ("dense", "sparse", "auto") and C.SPARSE_MAX_DENSITY == -1.0
+    # -1: the threshold follows the map width (R-50's res2 / res3 / res4 / res5); a value >= 0 applies as given
+    assert [C.sparse_max_density(-1.0, c) for c in (64, 256, 512, 1024, 2048)] == [0.75, 0.75, 0.8, 0.85, 0.85]
+    assert C.sparse_max_density(0.6, 1024) == 0.6 and C.sparse_max_density(0.0, 256) == 0.0
     cfg = get_sact_cfg()
     cfg.MODEL.SACT.STAGES = ["res2", "res5"]
     cfg.MODEL.SACT.EXECUTION = "auto"
     validate_sact_cfg(cfg)
-    for key, value in [("STAGES", ["res6"]), ("EXECUTION", "fast")]:
+    for key, value in [("STAGES", ["res6"]), ("EXECUTION", "fast"), ("SPARSE_MAX_DENSITY", -0.5),
+                       ("SPARSE_MAX_DENSITY", 1.5)]:
         bad = get_sact_cfg()
         bad.MODEL.SACT[key] = value
         with pytest.raises(ValueError, match=f"cfg.MODEL.SACT.{key}"):

@@ -24,8 +24,8 @@ def _idx(n: int, m: int, seed: int = 1) -> torch.Tensor:
 
 
 @needs_native
-@pytest.mark.parametrize("n,c", [(1, 8), (130, 64), (1000, 72), (77, 13)])
-def test_channel_sums(n, c):
+@pytest.mark.parametrize("n,c", [(1, 8), (130, 64), (1000, 72), (77, 13), (3000, 200)])
+def test_channel_sums(n, c, two_threads):
     x = _rows(n, c) + 3.0  # an offset: sums of squares must not cancel
     s1, s2 = native.channel_sums(x)
     x64 = x.double()
@@ -37,9 +37,10 @@ def test_channel_sums(n, c):
 @needs_native
 @pytest.mark.parametrize("k", native.DOT_WIDTHS)
 @pytest.mark.parametrize("with_idx", [False, True])
-def test_row_dots(k, with_idx):
-    x, wt = _rows(301, 48), _rows(k, 48, seed=2)
-    idx = _idx(301, 120) if with_idx else None
+@pytest.mark.parametrize("n", [301, 3001])
+def test_row_dots(k, with_idx, n, two_threads):
+    x, wt = _rows(n, 48), _rows(k, 48, seed=2)
+    idx = _idx(n, n // 2) if with_idx else None
     ref = (x if idx is None else x[idx]).double() @ wt.double().t()
     torch.testing.assert_close(native.row_dots(x, wt, idx).double(), ref, rtol=1e-5, atol=1e-5)
 
@@ -53,22 +54,32 @@ def test_row_dots_rejects_unsupported_shapes():
 
 
 @needs_native
-def test_gather_and_copy_rows():
-    x, idx = _rows(50, 24), _idx(50, 17)
-    out = torch.empty(17, 24)
+@pytest.mark.parametrize("n,c,m", [(50, 24, 17), (5000, 64, 3100)], ids=["small", "parallel"])
+def test_gather_and_copy_rows(n, c, m, two_threads):
+    x, idx = _rows(n, c), _idx(n, m)
+    out = torch.empty(m, c)
     assert native.gather_rows(x, idx, out) is out
     assert torch.equal(out, x[idx])
-    dst = torch.zeros(50, 24)
+    dst = torch.zeros(n, c)
     native.copy_rows(dst, x, idx)
-    expected = torch.zeros(50, 24)
+    expected = torch.zeros(n, c)
     expected[idx] = x[idx]
     assert torch.equal(dst, expected)
 
 
+@pytest.fixture
+def two_threads():
+    """Calls above the kernels' parallel threshold split their rows over 2 OpenMP threads."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @needs_native
 @pytest.mark.parametrize("inplace", [True, False])
-def test_residual_scatter_and_sum_changes(inplace):
-    n, c, m = 200, 40, 90
+@pytest.mark.parametrize("n,c,m", [(200, 40, 90), (5000, 64, 3100)], ids=["small", "parallel"])
+def test_residual_scatter_and_sum_changes(inplace, n, c, m, two_threads):
     x = _rows(n, c).relu()
     out = x if inplace else x.clone()
     before = out.double().clone()
@@ -84,10 +95,10 @@ def test_residual_scatter_and_sum_changes(inplace):
 
 
 @needs_native
-def test_axpy_rows():
-    n, c = 120, 16
+@pytest.mark.parametrize("n,c,m", [(120, 16, 33), (5000, 64, 3100)], ids=["small", "parallel"])
+def test_axpy_rows(n, c, m, two_threads):
     out, x, w = _rows(n, c), _rows(n, c, seed=4), torch.rand(n)
-    idx = _idx(n, 33)
+    idx = _idx(n, m)
     expected = out.double().clone()
     expected[idx] += w.double()[idx, None] * x.double()[idx]
     native.axpy_rows(out, x, w, idx)

@@ -13,6 +13,9 @@
     detectron2's dense ResNet-50 extractor with the same conv weights ("d2"). ``--replay-weights``:
     the full-width extractor's units run on the masks a trained (demo) SACT detector really
     produces on each image (its halting branches are evaluated but their masks ignored).
+(c) ``--part crossover``: the in-place gather kernel against the dense folded unit for bottlenecks of R-50's
+    res2 / res3 / res4 widths on their maps at ``--image-size``, at each of ``--densities``: where "auto"
+    should switch to the dense unit (``SPARSE_MAX_DENSITY`` -1 uses a threshold per width).
 ``--breakdown`` (b): per adaptive stage and unit, the unit's time against the dense folded unit on the same
 input, and the time of its halting branch and of its output accumulation (where the time goes).
 ``--memory``: peak resident memory added by two forwards (VmHWM - VmRSS before; persistent state
@@ -33,7 +36,7 @@ import statistics
 import subprocess
 import sys
 import time
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
@@ -45,7 +48,7 @@ import torch.nn.functional as F  # noqa: E402
 from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 
-from sact_det.config.constants import SPARSE_MAX_DENSITY  # noqa: E402
+from sact_det.config.constants import SPARSE_MAX_DENSITY, sparse_max_density  # noqa: E402
 from sact_det.modeling.execution import sparse  # noqa: E402
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
@@ -147,16 +150,17 @@ def memory_in_subprocess(argv: List[str], spec: str) -> float:
 
 
 # ----------------------------------------------------------------------------- (a) one unit
-def _unit_setup(args):
-    c, cb = 1024, 256
+def _unit_setup(args, c: int = 1024, cb: int = 256, hw: Optional[Tuple[int, int]] = None):
     torch.manual_seed(0)
     block = randomize_norms(BottleneckBlock(c, c, bottleneck_channels=cb, norm="FrozenBN")).eval()
-    x = torch.randn(1, c, args.height, args.width).relu_()
+    x = torch.randn(1, c, *(hw or (args.height, args.width))).relu_()
     return block, sparse.fold_unit(block), x
 
 
 def _unit_fns(block, folded, x, m, max_density: float):
-    """Variants of part (a) and their untimed setups. x: (1,C,H,W) NCHW (detectron2's layout)."""
+    """Variants of part (a) and their untimed setups. x: (1,C,H,W) NCHW (detectron2's layout); max_density: the
+    auto threshold (-1: by the unit's width)."""
+    max_density = sparse_max_density(max_density, folded.channels)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     state = x_cl.clone()
     fns = {
@@ -185,7 +189,8 @@ def bench_unit(args, argv: List[str]) -> None:
     block, folded, x = _unit_setup(args)
     h, w = args.height, args.width
     print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, "
-          f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}")
+          f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
+          f"(threshold {sparse_max_density(args.max_density, 1024)})")
     print(f"    before: {load_str()}")
     rows = []
     with torch.no_grad():
@@ -213,6 +218,34 @@ def bench_unit(args, argv: List[str]) -> None:
         for d in args.densities:
             mem = [memory_in_subprocess(argv, f"unit:{k}:{d}") for k in kinds]
             print(f"| {d * 100:.0f} % | " + " | ".join(f"{v:.1f}" for v in mem) + " |")
+
+
+def bench_crossover(args) -> None:
+    """Where the in-place gather kernel stops beating the dense folded unit: bottlenecks of R-50's res2 / res3 /
+    res4 widths on their maps at --image-size, channels-last, blob masks of growing density (the auto threshold)."""
+    H, W = args.image_size
+    print(f"(c) crossover: in-place sparse unit vs dense folded unit, channels-last fp32, {torch.get_num_threads()} "
+          f"threads, {args.clock} clock, {args.rounds} rounds (median; q1-q3 of the per-round ratios)")
+    print(f"    before: {load_str()}")
+    print("| stage (C, C_b, map) | active | dense folded ms | sparse in place speedup (q1-q3) | auto threshold |")
+    print("|---|---|---|---|---|")
+    with torch.no_grad():
+        for name, c, cb, s in (("res2", 256, 64, 4), ("res3", 512, 128, 8), ("res4", 1024, 256, 16)):
+            hw = (-(-H // s), -(-W // s))
+            _, folded, x = _unit_setup(args, c, cb, hw)
+            x = x.contiguous(memory_format=torch.channels_last)
+            state = x.clone()
+            for d in args.densities:
+                m = blob_mask(*hw, d, seed=1)
+                fns = {"dense": lambda: sparse.dense_folded_forward(folded, x),
+                       "sparse": lambda: sparse.sparse_unit_forward(folded, state, m, max_density=INF, inplace=True)}
+                t = time_rounds(fns, args.rounds, setup={"sparse": lambda: state.copy_(x)})
+                r = sorted(b / o for b, o in zip(t["dense"], t["sparse"]))
+                q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
+                print(f"| {name} ({c}, {cb}, {hw[0]}x{hw[1]}) | {d * 100:.0f} % | {statistics.median(t['dense']) * 1e3:.1f} "
+                      f"| {median_ratio(t['dense'], t['sparse']):.2f}x ({q1:.2f}-{q3:.2f}) "
+                      f"| {sparse_max_density(args.max_density, c)} |")
+    print(f"    after:  {load_str()}")
 
 
 # ----------------------------------------------------------------------------- (b) extractor
@@ -516,7 +549,8 @@ def memory_worker(args) -> None:
 
 def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--part", choices=["unit", "extractor", "all"], default="all")
+    p.add_argument("--part", choices=["unit", "extractor", "crossover", "all"], default="all",
+                   help="all: unit and extractor")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                    help="cpu: CPU time of the calling thread (with --threads 1), robust to other load")
@@ -555,6 +589,8 @@ def main(argv=None) -> None:
         bench_unit(args, argv)
     if args.part in ("extractor", "all"):
         bench_extractor(args, argv)
+    if args.part == "crossover":
+        bench_crossover(args)
 
 
 if __name__ == "__main__":

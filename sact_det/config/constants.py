@@ -2,9 +2,21 @@
 
 STAGE_ORDER = ("res2", "res3", "res4", "res5")  # residual stages of a ResNet, input to output
 EXECUTION_MODES = ("dense", "sparse", "auto")  # cfg.MODEL.SACT.EXECUTION: masked dense, gather/scatter, per image
-# "auto": an image's unit runs sparsely when its active fraction is below this: the break-even of the in-place
-# gather kernel vs. the dense folded unit measured by tools/benchmark_sparse.py (res4 bottleneck, 1x1024x50x84,
-# fp32, channels-last, 2 threads, blob masks)
-SPARSE_MAX_DENSITY = 0.75
+# "auto": an image's unit runs sparsely when its active fraction is below a threshold. SPARSE_MAX_DENSITY (the
+# config default) -1 means "by the map's width": the break-even of the in-place gather kernel vs. the dense
+# folded unit grows with the channels (larger GEMMs amortise the gathers). Measured with the native kernels by
+# `tools/benchmark_sparse.py --part crossover` (bottlenecks of R-50's res2 / res3 / res4 widths at 600x1000 / 4,
+# 8, 16, fp32 channels-last, blob masks): about 0.8 / 0.83 / 0.87 on 1 thread, 0.7 / - / 0.8 on 2 threads; the
+# table takes the lower values so that a second thread does not make auto slower than dense.
+SPARSE_MAX_DENSITY = -1.0
+SPARSE_MAX_DENSITY_BY_WIDTH = ((256, 0.75), (512, 0.8), (None, 0.85))  # (max channels or None, threshold)
 
-__all__ = ["STAGE_ORDER", "EXECUTION_MODES", "SPARSE_MAX_DENSITY"]
+
+def sparse_max_density(value: float, channels: int) -> float:
+    """The "auto" threshold for a map of ``channels``: ``value`` if it is >= 0, else from the width table."""
+    if value >= 0:
+        return float(value)
+    return next(t for c, t in SPARSE_MAX_DENSITY_BY_WIDTH if c is None or channels <= c)
+
+
+__all__ = ["STAGE_ORDER", "EXECUTION_MODES", "SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_BY_WIDTH", "sparse_max_density"]

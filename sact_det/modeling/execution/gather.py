@@ -187,7 +187,7 @@ def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, o
     ``delta`` ((2, C) float64): += the change of out's per-channel sums (:class:`MapStats`) if the native
     write ran; returns whether it did."""
     z = rows_linear(h, c.mat, c.bias)
-    if out.native_rows and x.native_rows and native.usable(z):
+    if out.native_rows and x.native_rows and native.usable(z) and z.shape[1] <= native.RESIDUAL_MAX_CHANNELS:
         native.residual_scatter(out.mat, x.mat, aidx, z, delta)
         return True
     out.scatter(aidx, x.gather(aidx, "res", ws).add_(z).relu_())

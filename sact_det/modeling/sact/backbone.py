@@ -18,7 +18,7 @@ from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import BasicBlock, BottleneckBlock, ResNet
 from torch import nn
 
-from ...config.constants import EXECUTION_MODES
+from ...config.constants import EXECUTION_MODES, sparse_max_density
 from ...config.defaults import validate_sact_cfg
 from ..core.contract import AdaptiveBackbone
 from ..core.ponder_maps import sum_ponder_maps
@@ -92,7 +92,7 @@ class SACTStage(nn.Sequential):
         masks: List[torch.Tensor] = []
         x = x.contiguous(memory_format=torch.channels_last)
         x = dense_folded_forward(sparse.cached_fold(self[0], fold_block), x)
-        per_image = self.sparse_max_density if self.execution == "auto" else 1.0
+        per_image = sparse_max_density(self.sparse_max_density, x.shape[1]) if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active, density = None, None
         # per-channel sums of the state kept across units (the halting statistics; updated by the native kernels)
@@ -343,7 +343,8 @@ class SACTResNet(ResNet, AdaptiveBackbone):
         return {"ponder_maps": maps, "ponder_map": sum_ponder_maps(list(maps.values()))}
 
     def set_execution(self, execution: str, sparse_max_density: Optional[float] = None) -> None:
-        """Switch the inference path of every adaptive stage: dense | sparse | auto."""
+        """Switch the inference path of every adaptive stage: dense | sparse | auto; ``sparse_max_density``: the
+        auto threshold (-1: by map width, see :func:`sact_det.config.constants.sparse_max_density`; None: kept)."""
         if execution not in EXECUTION_MODES:
             raise ValueError(f"execution must be one of {EXECUTION_MODES}, got {execution!r}")
         for name in self.adaptive_stages:

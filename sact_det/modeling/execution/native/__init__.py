@@ -34,8 +34,9 @@ __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "gather
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp")
 DOT_WIDTHS = (1, 9, 10)  # numbers of dot products per row sd_row_dots is specialised for
+RESIDUAL_MAX_CHANNELS = 4096  # widest map sd_residual_scatter tracks the sums of
 
 _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
@@ -77,14 +78,14 @@ def _build() -> Optional[ctypes.CDLL]:
                           "the sparse path uses torch only")
             return None
     handle = ctypes.CDLL(str(lib))
-    i64, p = _I64, _P
-    sigs = {
-        "sd_channel_sums": (None, [p, i64, i64, p, p]),
-        "sd_row_dots": (ctypes.c_int, [p, i64, p, i64, p, i64, i64, p]),
-        "sd_gather_rows": (None, [p, i64, p, i64, p]),
-        "sd_copy_rows": (None, [p, p, i64, p, i64]),
-        "sd_residual_scatter": (None, [p, p, i64, p, i64, p, p, p]),
-        "sd_axpy_rows": (None, [p, p, p, i64, p, i64]),
+    i64, p, i32 = _I64, _P, ctypes.c_int
+    sigs = {  # the last argument of each: the number of threads
+        "sd_channel_sums": (None, [p, i64, i64, p, p, i32]),
+        "sd_row_dots": (i32, [p, p, i64, p, i64, i64, p, i32]),
+        "sd_gather_rows": (None, [p, i64, p, i64, p, i32]),
+        "sd_copy_rows": (None, [p, p, i64, p, i64, i32]),
+        "sd_residual_scatter": (i32, [p, p, i64, p, i64, p, p, p, i32]),
+        "sd_axpy_rows": (None, [p, p, p, i64, p, i64, i32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(handle, name)
@@ -114,6 +115,10 @@ def usable(*tensors: torch.Tensor) -> bool:
                for t in tensors) and available()
 
 
+def _threads() -> int:
+    return torch.get_num_threads()
+
+
 def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
@@ -138,7 +143,7 @@ def channel_sums(x: torch.Tensor, squares: bool = True):
     _rows(x, "x")
     s1 = torch.empty(x.shape[1], dtype=torch.float64)
     s2 = torch.empty_like(s1) if squares else None
-    library().sd_channel_sums(x.data_ptr(), x.shape[0], x.shape[1], s1.data_ptr(), _ptr(s2))
+    library().sd_channel_sums(x.data_ptr(), x.shape[0], x.shape[1], s1.data_ptr(), _ptr(s2), _threads())
     return s1, s2
 
 
@@ -154,7 +159,7 @@ def row_dots(x: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = No
         idx = _index(idx, x.shape[0])
     m = x.shape[0] if idx is None else idx.numel()
     out = x.new_empty(m, k)
-    rc = library().sd_row_dots(x.data_ptr(), x.shape[0], _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr())
+    rc = library().sd_row_dots(x.data_ptr(), _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr(), _threads())
     if rc != 0:
         raise RuntimeError(f"sd_row_dots failed ({rc})")
     return out
@@ -167,7 +172,7 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.
     idx = _index(idx, x.shape[0])
     if out.shape != (idx.numel(), x.shape[1]):
         raise ValueError(f"gather_rows: out {tuple(out.shape)} for {idx.numel()} rows of {x.shape[1]}")
-    library().sd_gather_rows(x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr())
+    library().sd_gather_rows(x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr(), _threads())
     return out
 
 
@@ -178,7 +183,7 @@ def copy_rows(dst: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> None:
     if dst.shape != src.shape:
         raise ValueError(f"copy_rows: shapes differ {tuple(dst.shape)} / {tuple(src.shape)}")
     idx = _index(idx, dst.shape[0])
-    library().sd_copy_rows(dst.data_ptr(), src.data_ptr(), dst.shape[1], idx.data_ptr(), idx.numel())
+    library().sd_copy_rows(dst.data_ptr(), src.data_ptr(), dst.shape[1], idx.data_ptr(), idx.numel(), _threads())
 
 
 def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: torch.Tensor,
@@ -199,8 +204,10 @@ def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: t
         raise ValueError("residual_scatter: delta must be a contiguous (2, c) float64 tensor")
     d1 = None if delta is None else delta[0]
     d2 = None if delta is None else delta[1]
-    library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
-                                  z.data_ptr(), _ptr(d1), _ptr(d2))
+    rc = library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
+                                       z.data_ptr(), _ptr(d1), _ptr(d2), _threads())
+    if rc != 0:
+        raise ValueError(f"residual_scatter: at most {RESIDUAL_MAX_CHANNELS} channels with delta, got {out.shape[1]}")
 
 
 def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> None:
@@ -210,4 +217,5 @@ def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Te
     if x.shape != out.shape or w.shape != (out.shape[0],) or not usable(w):
         raise ValueError(f"axpy_rows: out {tuple(out.shape)}, x {tuple(x.shape)}, w {tuple(w.shape)}")
     idx = _index(idx, out.shape[0])
-    library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel())
+    library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
+                           _threads())
