@@ -42,8 +42,11 @@ def _active(b: int = 3, h: int = 7, w: int = 11) -> torch.Tensor:
 @pytest.mark.parametrize("fmt", [torch.contiguous_format, torch.channels_last])
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("norm", ["GN", "BN", ""])
-def test_sparse_halting_equals_dense_branch(norm, k, fmt, gather_below, monkeypatch):
+@pytest.mark.parametrize("native_on", [True, False], ids=["native", "torch-only"])
+def test_sparse_halting_equals_dense_branch(norm, k, fmt, gather_below, native_on, monkeypatch):
     monkeypatch.setattr(sparse_halting_module, "GATHER_TAPS_BELOW", gather_below)
+    monkeypatch.setattr(sparse_halting_module, "NATIVE_GATHER_TAPS_BELOW", gather_below)
+    monkeypatch.setenv("SACT_NATIVE", "1" if native_on else "0")  # channels-last fp32: native kernels if built
     hm = _halting(norm, k)
     x = (torch.randn(3, 64, 7, 11) * 2 + 0.5).contiguous(memory_format=fmt)
     active = _active()

@@ -33,6 +33,7 @@ from .gather import MapStats, MapView, active_density, dilate, neighbour_index
 __all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
+NATIVE_GATHER_TAPS_BELOW = 0.4  # the same with the native dot kernel (reads the rows in place: no gathered copy)
 NATIVE_ACCUMULATE_BELOW = 0.5  # active fraction below which the native kernel accumulates (else a dense pass)
 
 
@@ -166,7 +167,8 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
     acc = state_dtype(x.dtype)  # the score's dtype; the tap GEMM runs in x's dtype (autocast: bf16 / fp16)
     views = [MapView(x[b]) for b in range(B)]
     dens = [1.0] * B if active is None else density if density is not None else active_density(active)
-    gathered = [0 < f < GATHER_TAPS_BELOW for f in dens]
+    below = NATIVE_GATHER_TAPS_BELOW if views and views[0].native_rows and C % 8 == 0 else GATHER_TAPS_BELOW
+    gathered = [0 < f < below for f in dens]
     fixed_global = _fixed_affine(halting.global_norm, halting.global_conv.weight)
     known = stats is not None and all(stats.valid)
     if fixed_global is not None and not any(gathered) and not known:
