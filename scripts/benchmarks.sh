@@ -3,7 +3,8 @@
 # the command on its first line). Needs a quiet machine (nothing else running) and, for the detector
 # benchmark, a trained SACT demo detector (REPLAY, default: the seed-1 run of scripts/demo_seeds.sh).
 #
-#   bash scripts/benchmarks.sh                  # about 30 min on 2 cores
+#   bash scripts/benchmarks.sh                  # about 45 min on 2 cores
+#   bash scripts/benchmarks.sh unit_1thread crossover_2threads   # only these result files
 #   OUT=/tmp/results REPLAY=output/demo/sact_R_50_C4/model_final.pth bash scripts/benchmarks.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,14 +12,27 @@ PYTHON=${PYTHON:-.venv/bin/python}
 OUT=${OUT:-docs/results}
 REPLAY=${REPLAY:-output/demo_seeds/sact_R_50_C4/seed1/model_final.pth}
 mkdir -p "$OUT"
-run() {  # run NAME ARGS...: python ARGS, output to $OUT/NAME.txt with the command first
+ONLY=" $* "
+run() {  # [VAR=value] run NAME ARGS...: python ARGS, output to $OUT/NAME.txt with the command first
   local name="$1"; shift
-  echo "== $name: python $*"
-  { echo "\$ python $*"; "$PYTHON" "$@" 2>&1 | grep -v -e "Warning" -e "warnings.warn" -e "^USDT" -e "^ERROR:"; } > "$OUT/$name.txt"
+  if [ "$ONLY" != "  " ] && [[ "$ONLY" != *" $name "* ]]; then return 0; fi
+  local env_note=""
+  [ "${SACT_NATIVE:-1}" = 0 ] && env_note="SACT_NATIVE=0 "
+  echo "== $name: ${env_note}python $*"
+  { echo "\$ ${env_note}python $*"; "$PYTHON" "$@" 2>&1 | grep -v -e "Warning" -e "warnings.warn" -e "^USDT" -e "^ERROR:"; } > "$OUT/$name.txt"
   tail -n 4 "$OUT/$name.txt"
 }
 run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
   --images 2 --rounds-extractor 5 --target-flops 0.5 0.7 --breakdown
+run extractor_1thread_run2 tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
+  --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
+# the same without the native kernels (SACT_NATIVE=0: torch operators only), for what the kernels add
+SACT_NATIVE=0 run extractor_1thread_torch_only tools/benchmark_sparse.py --part extractor --channels-last --threads 1 \
+  --clock cpu --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
+run crossover_1thread tools/benchmark_sparse.py --part crossover --threads 1 --clock cpu \
+  --densities 0.6 0.7 0.75 0.8 0.85 0.9 0.95 --rounds 9
+run crossover_2threads tools/benchmark_sparse.py --part crossover --threads 2 \
+  --densities 0.6 0.7 0.75 0.8 0.85 0.9 0.95 --rounds 9
 run unit_1thread tools/benchmark_sparse.py --part unit --threads 1 --clock cpu --densities 0.25 0.5 0.75 1.0 --rounds 15
 run unit_2threads tools/benchmark_sparse.py --part unit --threads 2 --densities 0.25 0.5 0.75 1.0 --rounds 15
 run detector_1thread tools/benchmark_detector.py --replay-weights "$REPLAY" --threads 1 --clock cpu --images 1 --rounds 4 \
