@@ -26,9 +26,6 @@ run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last
   --images 2 --rounds-extractor 5 --target-flops 0.5 0.7 --breakdown
 run extractor_1thread_run2 tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
   --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
-# the same without the native kernels (SACT_NATIVE=0: torch operators only), for what the kernels add
-SACT_NATIVE=0 run extractor_1thread_torch_only tools/benchmark_sparse.py --part extractor --channels-last --threads 1 \
-  --clock cpu --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
 run crossover_1thread tools/benchmark_sparse.py --part crossover --threads 1 --clock cpu \
   --densities 0.6 0.7 0.75 0.8 0.85 0.9 0.95 --rounds 9
 run crossover_2threads tools/benchmark_sparse.py --part crossover --threads 2 \

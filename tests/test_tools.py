@@ -234,6 +234,9 @@ def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights
     assert all(ln.split("|")[2].strip() == "1.000" for ln in unit_rows if ln.startswith("| 100 % |"))
     (replayed,) = [ln for ln in out.splitlines() if ln.startswith("| replayed |")]
     assert 0.0 < float(replayed.split("|")[2]) < 1.1  # above 1 when few positions halt: halting branches cost
+    # the same-round auto run without the native kernels: a time where they are built, "-" where not
+    torch_only_ms = replayed.split("|")[9].strip()
+    assert (float(torch_only_ms) > 0) if benchmark_sparse.native.available() else torch_only_ms == "-"
 
 
 def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):

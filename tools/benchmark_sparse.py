@@ -49,7 +49,7 @@ from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 
 from sact_det.config.constants import SPARSE_MAX_DENSITY, sparse_max_density  # noqa: E402
-from sact_det.modeling.execution import sparse  # noqa: E402
+from sact_det.modeling.execution import native, sparse  # noqa: E402
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
 
@@ -346,7 +346,25 @@ def _extractor_fns(sact_bb, dense_bb, images, max_density: float,
                     net(img)
         return f
 
-    return {m: run(m) for m in ("d2", *BASELINES, "dense", "sparse", "auto")}
+    fns = {m: run(m) for m in ("d2", *BASELINES, "dense", "sparse", "auto")}
+    if native.available():  # the same auto run on torch operators only (what the native kernels add, same rounds)
+        fns["auto_torch"] = _torch_only(run("auto"))
+    return fns
+
+
+def _torch_only(fn: Callable[[], None]) -> Callable[[], None]:
+    """``fn`` with the native row kernels switched off (``SACT_NATIVE=0``, read on every kernel call)."""
+    def f() -> None:
+        old = os.environ.get(native.ENV_ENABLE)
+        os.environ[native.ENV_ENABLE] = "0"
+        try:
+            fn()
+        finally:
+            if old is None:
+                del os.environ[native.ENV_ENABLE]
+            else:
+                os.environ[native.ENV_ENABLE] = old
+    return f
 
 
 def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dict]:
@@ -505,19 +523,23 @@ def bench_extractor(args, argv: List[str]) -> None:
           "on a channels-last state, the dense execution SACT's fully active units use); second: against d2 as it "
           "runs (FrozenBN after each conv). Time ratios: median over rounds of SACT time / baseline time from the "
           "same round; ms: median per image")
+    print("'torch only': SACT auto with the native row kernels off (SACT_NATIVE=0), timed in the same rounds "
+          "('-': the kernels are not built here)")
     print("| halting | FLOPs SACT/dense | fastest dense ms | SACT auto ms | SACT sparse ms "
-          "| time saved / FLOPs saved vs fastest dense (auto) | same, sparse | d2 folded ms | folded ms | d2 ms "
+          "| time saved / FLOPs saved vs fastest dense (auto) | same, sparse | same, auto torch only "
+          "| SACT auto torch only ms | d2 folded ms | folded ms | d2 ms "
           "| SACT masked ms | time saved / FLOPs saved vs d2 (auto) | max rel diff sparse vs masked |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for target, bias, ff, diff, t, _ in results:
         n = len(images)
         med = {k: statistics.median(v) * 1e3 / n for k, v in t.items()}
         base = min(BASELINES, key=lambda k: med[k])
         saved = {(b, k): (1 - 1 / median_ratio(t[b], t[k])) / (1 - ff) if ff < 1 else float("nan")
-                 for b in ("d2", base) for k in ("auto", "sparse")}
+                 for b in ("d2", base) for k in ("auto", "sparse", "auto_torch") if k in t}
+        torch_only = (f"{saved[base, 'auto_torch']:.2f} | {med['auto_torch']:.0f}" if "auto_torch" in t else "- | -")
         label = ("replayed" if replay else "trained") if target is None else f"bias {bias:+.2f}"
         print(f"| {label} | {ff:.3f} | {med[base]:.0f} ({base}) | {med['auto']:.0f} | {med['sparse']:.0f} "
-              f"| {saved[base, 'auto']:.2f} | {saved[base, 'sparse']:.2f} | {med['d2_folded']:.0f} "
+              f"| {saved[base, 'auto']:.2f} | {saved[base, 'sparse']:.2f} | {torch_only} | {med['d2_folded']:.0f} "
               f"| {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} | {saved['d2', 'auto']:.2f} | {diff:.1e} |")
     if args.memory and replay is None:
         print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
