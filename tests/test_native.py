@@ -215,3 +215,34 @@ def test_gn_halting_stage_sparse_equals_masked_dense(native_on, monkeypatch):
         for k, (rho, masks) in ponder.items():
             torch.testing.assert_close(pon[k][0], rho, atol=1e-5, rtol=1e-4)
             assert all(torch.equal(a, b) for a, b in zip(pon[k][1], masks))
+
+
+def _probe(tmp_path, **env):
+    """available() and the warnings of a fresh interpreter with a fresh cache folder and ``env``."""
+    code = ("import warnings; warnings.simplefilter('always'); "
+            "from sact_det.modeling.execution import native; import os\n"
+            "with warnings.catch_warnings(record=True) as w:\n"
+            "    ok = native.available()\n"
+            "print(ok); print(len(os.listdir(os.environ['SACT_NATIVE_DIR'])) if os.path.isdir(os.environ['SACT_NATIVE_DIR']) "
+            "else 0); print('|'.join(str(x.message) for x in w))")
+    full = dict(os.environ, SACT_NATIVE="1", SACT_NATIVE_DIR=str(tmp_path / "lib"), **env)
+    out = subprocess.run([sys.executable, "-c", code], env=full, capture_output=True, text=True, check=True)
+    ok, files, warned = (out.stdout.splitlines() + [""])[:3]
+    return ok == "True", int(files), warned
+
+
+@needs_native
+def test_compiler_without_openmp_builds_the_single_thread_library(tmp_path):
+    """A compiler that rejects -fopenmp: the library is built without it (kernels on the calling thread)."""
+    import shutil
+    cc = tmp_path / "cc-no-openmp"
+    real = shutil.which("cc") or shutil.which("gcc")
+    cc.write_text(f'#!/bin/sh\nfor a in "$@"; do [ "$a" = -fopenmp ] && exit 1; done\nexec {real} "$@"\n')
+    cc.chmod(0o755)
+    ok, files, warned = _probe(tmp_path, CC=str(cc))
+    assert ok and files == 1 and warned == ""
+
+
+def test_failing_compiler_falls_back_to_torch_with_a_warning(tmp_path):
+    ok, files, warned = _probe(tmp_path, CC="/bin/false")
+    assert not ok and "failed" in warned and "torch only" in warned

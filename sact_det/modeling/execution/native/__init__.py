@@ -7,7 +7,8 @@ and the accumulation ``out += w * x`` at given positions. torch does the same in
 with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers), see
 ``tools/benchmark_sparse.py --part native``.
 
-No torch headers, no ninja: ``cc -O3 -march=native -shared`` takes under a second; the library is
+No torch headers, no ninja: ``cc -O3 -march=native -fopenmp -shared`` takes under a second (without
+``-fopenmp`` if the compiler lacks OpenMP: then every kernel runs on the calling thread); the library is
 cached in ``$SACT_NATIVE_DIR`` (default ``~/.cache/sact_det/native``) under a name keyed on the
 source, the flags and the CPU, and called through ctypes with raw pointers after the checks below.
 Everything here has a torch fallback: :func:`available` is False (and the callers use torch) when
@@ -34,7 +35,8 @@ __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "gather
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
 SOURCE = Path(__file__).with_name("kernels.c")
-FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno", "-fopenmp")
+FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+OPENMP = "-fopenmp"  # tried first; a compiler without OpenMP builds the single-threaded library instead
 DOT_WIDTHS = (1, 9, 10)  # numbers of dot products per row sd_row_dots is specialised for
 RESIDUAL_MAX_CHANNELS = 4096  # widest map sd_residual_scatter tracks the sums of
 
@@ -61,31 +63,39 @@ def _build() -> Optional[ctypes.CDLL]:
     if cc is None:
         warnings.warn("sact_det native kernels: no C compiler (cc / gcc) found; the sparse path uses torch only")
         return None
-    src = SOURCE.read_bytes()
-    key = hashlib.sha256(src + " ".join((cc, *FLAGS, _cpu_key())).encode()).hexdigest()[:16]
     folder = Path(os.environ.get(ENV_DIR) or Path.home() / ".cache" / "sact_det" / "native")
-    lib = folder / f"sact_kernels_{key}.so"
-    if not lib.exists():
+    errors = []
+    for flags in ((*FLAGS, OPENMP), FLAGS):
+        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags, _cpu_key())).encode()).hexdigest()[:16]
+        lib = folder / f"sact_kernels_{key}.so"
+        if lib.exists():
+            break
         try:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, renamed into place (atomic)
                 out = Path(tmp) / lib.name
-                subprocess.run([cc, *FLAGS, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
+                subprocess.run([cc, *flags, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
                 os.replace(out, lib)
+            break
         except (OSError, subprocess.CalledProcessError) as e:
-            detail = getattr(e, "stderr", "") or str(e)
-            warnings.warn(f"sact_det native kernels: building {SOURCE.name} with {cc} failed ({detail.strip()[:300]}); "
-                          "the sparse path uses torch only")
-            return None
-    handle = ctypes.CDLL(str(lib))
+            errors.append((getattr(e, "stderr", "") or str(e)).strip()[:300])
+    else:
+        warnings.warn(f"sact_det native kernels: building {SOURCE.name} with {cc} failed ({errors[-1]}); "
+                      "the sparse path uses torch only")
+        return None
+    try:
+        handle = ctypes.CDLL(str(lib))
+    except OSError as e:
+        warnings.warn(f"sact_det native kernels: loading {lib} failed ({e}); the sparse path uses torch only")
+        return None
     i64, p, i32 = _I64, _P, ctypes.c_int
     sigs = {  # the last argument of each: the number of threads
         "sd_channel_sums": (None, [p, i64, i64, p, p, i32]),
-        "sd_row_dots": (i32, [p, p, i64, p, i64, i64, p, i32]),
-        "sd_gather_rows": (None, [p, i64, p, i64, p, i32]),
-        "sd_copy_rows": (None, [p, p, i64, p, i64, i32]),
-        "sd_residual_scatter": (i32, [p, p, i64, p, i64, p, p, p, i32]),
-        "sd_axpy_rows": (None, [p, p, p, i64, p, i64, i32]),
+        "sd_row_dots": (i32, [p, i64, p, i64, p, i64, i64, p, i32]),
+        "sd_gather_rows": (i32, [p, i64, i64, p, i64, p, i32]),
+        "sd_copy_rows": (i32, [p, p, i64, i64, p, i64, i32]),
+        "sd_residual_scatter": (i32, [p, p, i64, i64, p, i64, p, p, p, i32]),
+        "sd_axpy_rows": (i32, [p, p, p, i64, i64, p, i64, i32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(handle, name)
@@ -123,13 +133,18 @@ def _ptr(t: Optional[torch.Tensor]) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def _index(idx: torch.Tensor, rows: int) -> torch.Tensor:
-    """idx as a contiguous 1-d int64 CPU tensor of row ids in [0, rows) (checked: the kernels do not)."""
+def _index(idx: torch.Tensor) -> torch.Tensor:
+    """idx as a contiguous 1-d int64 CPU tensor (the kernels check its range before they touch memory)."""
     if idx.device.type != "cpu" or idx.dtype != torch.int64 or idx.dim() != 1:
         raise ValueError(f"native kernels: index must be a 1-d int64 CPU tensor, got {idx.dtype} {tuple(idx.shape)}")
-    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= rows):
-        raise IndexError(f"native kernels: row index out of range [0, {rows})")
     return idx.contiguous()
+
+
+def _check(rc: int, name: str, rows: int) -> None:
+    if rc == -2:
+        raise IndexError(f"native {name}: row index out of range [0, {rows})")
+    if rc != 0:
+        raise ValueError(f"native {name}: unsupported arguments (code {rc})")
 
 
 def _rows(t: torch.Tensor, name: str) -> None:
@@ -156,12 +171,12 @@ def row_dots(x: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = No
     if c != x.shape[1] or k not in DOT_WIDTHS or c % 8:
         raise ValueError(f"row_dots: wt {tuple(wt.shape)} for x {tuple(x.shape)} (k in {DOT_WIDTHS}, c % 8 == 0)")
     if idx is not None:
-        idx = _index(idx, x.shape[0])
+        idx = _index(idx)
     m = x.shape[0] if idx is None else idx.numel()
     out = x.new_empty(m, k)
-    rc = library().sd_row_dots(x.data_ptr(), _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr(), _threads())
-    if rc != 0:
-        raise RuntimeError(f"sd_row_dots failed ({rc})")
+    rc = library().sd_row_dots(x.data_ptr(), x.shape[0], _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr(),
+                               _threads())
+    _check(rc, "row_dots", x.shape[0])
     return out
 
 
@@ -169,10 +184,12 @@ def gather_rows(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.
     """out[i] = x[idx[i]]: x (n, c), idx (m,), out (m, c) (e.g. a scratch buffer); returns out."""
     _rows(x, "x")
     _rows(out, "out")
-    idx = _index(idx, x.shape[0])
+    idx = _index(idx)
     if out.shape != (idx.numel(), x.shape[1]):
         raise ValueError(f"gather_rows: out {tuple(out.shape)} for {idx.numel()} rows of {x.shape[1]}")
-    library().sd_gather_rows(x.data_ptr(), x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr(), _threads())
+    rc = library().sd_gather_rows(x.data_ptr(), x.shape[0], x.shape[1], idx.data_ptr(), idx.numel(), out.data_ptr(),
+                                  _threads())
+    _check(rc, "gather_rows", x.shape[0])
     return out
 
 
@@ -182,8 +199,10 @@ def copy_rows(dst: torch.Tensor, src: torch.Tensor, idx: torch.Tensor) -> None:
     _rows(src, "src")
     if dst.shape != src.shape:
         raise ValueError(f"copy_rows: shapes differ {tuple(dst.shape)} / {tuple(src.shape)}")
-    idx = _index(idx, dst.shape[0])
-    library().sd_copy_rows(dst.data_ptr(), src.data_ptr(), dst.shape[1], idx.data_ptr(), idx.numel(), _threads())
+    idx = _index(idx)
+    rc = library().sd_copy_rows(dst.data_ptr(), src.data_ptr(), dst.shape[0], dst.shape[1], idx.data_ptr(),
+                                idx.numel(), _threads())
+    _check(rc, "copy_rows", dst.shape[0])
 
 
 def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: torch.Tensor,
@@ -195,7 +214,7 @@ def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: t
     _rows(out, "out")
     _rows(x, "x")
     _rows(z, "z")
-    idx = _index(idx, out.shape[0])
+    idx = _index(idx)
     if x.shape != out.shape or z.shape != (idx.numel(), out.shape[1]):
         raise ValueError(f"residual_scatter: out {tuple(out.shape)}, x {tuple(x.shape)}, z {tuple(z.shape)}, "
                          f"{idx.numel()} rows")
@@ -204,10 +223,11 @@ def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: t
         raise ValueError("residual_scatter: delta must be a contiguous (2, c) float64 tensor")
     d1 = None if delta is None else delta[0]
     d2 = None if delta is None else delta[1]
-    rc = library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
-                                       z.data_ptr(), _ptr(d1), _ptr(d2), _threads())
-    if rc != 0:
+    if delta is not None and out.shape[1] > RESIDUAL_MAX_CHANNELS:
         raise ValueError(f"residual_scatter: at most {RESIDUAL_MAX_CHANNELS} channels with delta, got {out.shape[1]}")
+    rc = library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[0], out.shape[1], idx.data_ptr(),
+                                       idx.numel(), z.data_ptr(), _ptr(d1), _ptr(d2), _threads())
+    _check(rc, "residual_scatter", out.shape[0])
 
 
 def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Tensor) -> None:
@@ -216,6 +236,7 @@ def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Te
     _rows(x, "x")
     if x.shape != out.shape or w.shape != (out.shape[0],) or not usable(w):
         raise ValueError(f"axpy_rows: out {tuple(out.shape)}, x {tuple(x.shape)}, w {tuple(w.shape)}")
-    idx = _index(idx, out.shape[0])
-    library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[1], idx.data_ptr(), idx.numel(),
-                           _threads())
+    idx = _index(idx)
+    rc = library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[0], out.shape[1],
+                                idx.data_ptr(), idx.numel(), _threads())
+    _check(rc, "axpy_rows", out.shape[0])

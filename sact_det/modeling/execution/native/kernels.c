@@ -2,8 +2,9 @@
  *
  * Plain C, no torch headers: built by sact_det/modeling/execution/native/__init__.py with the system
  * C compiler on first use and called through ctypes with raw pointers (the caller checks dtypes,
- * contiguity, shapes and index ranges). Every kernel is memory-bound work that torch does in several
- * passes over a map or with slow indexed writes; here each row is read once. Indices are int64.
+ * contiguity and shapes; the kernels check index ranges). Every kernel is memory-bound work that torch
+ * does in several passes over a map or with slow indexed writes; here each row is read once. Indices
+ * are int64.
  * Rows are split over `nt` OpenMP threads (built with -fopenmp, the library shares torch's libgomp:
  * same soname, one thread pool); calls moving fewer than PARALLEL_MIN floats stay on one thread.
  */
@@ -20,6 +21,13 @@ typedef float vf __attribute__((vector_size(V * sizeof(float))));
 static inline vf loadu(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
 static inline float hsum(vf v) { float s = 0.f; for (int i = 0; i < V; i++) s += v[i]; return s; }
+
+/* 0 if every idx[i] lies in [0, n), else -2 (the kernels check their indices before touching memory). */
+static int check_index(const int64_t *idx, int64_t m, int64_t n) {
+    int bad = 0;
+    for (int64_t i = 0; i < m; i++) bad |= (idx[i] < 0) | (idx[i] >= n);
+    return bad ? -2 : 0;
+}
 
 static inline int threads_for(int nt, int64_t floats) { return nt > 1 && floats >= PARALLEL_MIN ? nt : 1; }
 
@@ -96,10 +104,11 @@ DOTS_K(1)
 DOTS_K(9)
 DOTS_K(10)
 
-/* Returns 0, or -1 for an unsupported k / c. */
-int sd_row_dots(const float *x, const int64_t *idx, int64_t m, const float *wt, int64_t k, int64_t c, float *out,
-                int nt) {
+/* x has n rows. Returns 0, -1 for an unsupported k / c, -2 for an index out of range. */
+int sd_row_dots(const float *x, int64_t n, const int64_t *idx, int64_t m, const float *wt, int64_t k, int64_t c,
+                float *out, int nt) {
     if (c % V || (k != 1 && k != 9 && k != 10)) return -1;
+    if (idx && check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
@@ -111,33 +120,39 @@ int sd_row_dots(const float *x, const int64_t *idx, int64_t m, const float *wt, 
     return 0;
 }
 
-/* dst[i] = src[idx[i]] for m rows of c floats. */
-void sd_gather_rows(const float *src, int64_t c, const int64_t *idx, int64_t m, float *dst, int nt) {
+/* dst[i] = src[idx[i]] for m rows of c floats; src has n rows. Returns 0, or -2 for an index out of range. */
+int sd_gather_rows(const float *src, int64_t n, int64_t c, const int64_t *idx, int64_t m, float *dst, int nt) {
+    if (check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
         my_range(m, &lo, &hi);
         for (int64_t i = lo; i < hi; i++) memcpy(dst + i * c, src + idx[i] * c, c * sizeof(float));
     }
+    return 0;
 }
 
-/* dst[idx[i]] = src[idx[i]] for m rows of c floats (two maps of the same shape). */
-void sd_copy_rows(float *dst, const float *src, int64_t c, const int64_t *idx, int64_t m, int nt) {
+/* dst[idx[i]] = src[idx[i]] for m rows of c floats (two maps of n rows). Returns 0, or -2 (index range). */
+int sd_copy_rows(float *dst, const float *src, int64_t n, int64_t c, const int64_t *idx, int64_t m, int nt) {
+    if (check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
         my_range(m, &lo, &hi);
         for (int64_t i = lo; i < hi; i++) memcpy(dst + idx[i] * c, src + idx[i] * c, c * sizeof(float));
     }
+    return 0;
 }
 
-/* out[idx[i]] = relu(z[i] + x[idx[i]]) for m rows of c <= 4096 floats; out may be x (each row is read first).
- * d1, d2 (c,) float64 or NULL: += sum over the rows of new - old and new^2 - old^2 (old: out[idx[i]] before
- * the write), in float32 per block of 64 rows. Returns -1 if c is too large for the delta buffers. */
-int sd_residual_scatter(float *out, const float *x, int64_t c, const int64_t *idx, int64_t m, const float *z,
-                        double *d1, double *d2, int nt) {
+/* out[idx[i]] = relu(z[i] + x[idx[i]]) for m rows of c <= 4096 floats (out, x: n rows); out may be x (each
+ * row is read first). d1, d2 (c,) float64 or NULL: += sum over the rows of new - old and new^2 - old^2 (old:
+ * out[idx[i]] before the write), in float32 per block of 64 rows. Returns -1 if c is too large for the delta
+ * buffers, -2 for an index out of range. */
+int sd_residual_scatter(float *out, const float *x, int64_t n, int64_t c, const int64_t *idx, int64_t m,
+                        const float *z, double *d1, double *d2, int nt) {
     enum { BLOCK = 64, CMAX = 4096 };
     if (d1 && c > CMAX) return -1;
+    if (check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
@@ -173,8 +188,11 @@ int sd_residual_scatter(float *out, const float *x, int64_t c, const int64_t *id
     return 0;
 }
 
-/* out[idx[i]] += w[idx[i]] * x[idx[i]] for m rows of c floats; w: one weight per row of the map. */
-void sd_axpy_rows(float *out, const float *x, const float *w, int64_t c, const int64_t *idx, int64_t m, int nt) {
+/* out[idx[i]] += w[idx[i]] * x[idx[i]] for m rows of c floats; w: one weight per row of the n-row maps.
+ * Returns 0, or -2 for an index out of range. */
+int sd_axpy_rows(float *out, const float *x, const float *w, int64_t n, int64_t c, const int64_t *idx, int64_t m,
+                 int nt) {
+    if (check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
@@ -186,4 +204,5 @@ void sd_axpy_rows(float *out, const float *x, const float *w, int64_t c, const i
             for (int64_t j = 0; j < c; j++) o[j] += a * p[j];
         }
     }
+    return 0;
 }
