@@ -34,6 +34,7 @@ setup(
     long_description=__doc__,
     license="Apache-2.0",
     packages=find_packages(include=["sact_det", "sact_det.*"]),
+    package_data={"sact_det.modeling.execution.native": ["kernels.c"]},  # compiled on first use
     python_requires=">=3.9",
     install_requires=INSTALL_REQUIRES,
     extras_require={"test": ["pytest"]},

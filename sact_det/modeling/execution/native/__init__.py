@@ -4,8 +4,8 @@ The kernels read a channels-last map as an n x c float32 matrix and touch each r
 sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps),
 indexed row copies, the residual write of a unit's last conv with the change of the channel sums,
 and the accumulation ``out += w * x`` at given positions. torch does the same in several passes or
-with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers), see
-``tools/benchmark_sparse.py --part native``.
+with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
+--part extractor`` times SACT with and without them in the same rounds ("torch only").
 
 No torch headers, no ninja: ``cc -O3 -march=native -fopenmp -shared`` takes under a second (without
 ``-fopenmp`` if the compiler lacks OpenMP: then every kernel runs on the calling thread); the library is
@@ -63,10 +63,15 @@ def _build() -> Optional[ctypes.CDLL]:
     if cc is None:
         warnings.warn("sact_det native kernels: no C compiler (cc / gcc) found; the sparse path uses torch only")
         return None
+    try:
+        source = SOURCE.read_bytes()
+    except OSError as e:
+        warnings.warn(f"sact_det native kernels: cannot read {SOURCE} ({e}); the sparse path uses torch only")
+        return None
     folder = Path(os.environ.get(ENV_DIR) or Path.home() / ".cache" / "sact_det" / "native")
     errors = []
     for flags in ((*FLAGS, OPENMP), FLAGS):
-        key = hashlib.sha256(SOURCE.read_bytes() + " ".join((cc, *flags, _cpu_key())).encode()).hexdigest()[:16]
+        key = hashlib.sha256(source + " ".join((cc, *flags, _cpu_key())).encode()).hexdigest()[:16]
         lib = folder / f"sact_kernels_{key}.so"
         if lib.exists():
             break
