@@ -54,6 +54,39 @@ def test_row_dots_rejects_unsupported_shapes():
 
 
 @needs_native
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("masked", [False, True])
+@pytest.mark.parametrize("h,w", [(7, 5), (150, 120)], ids=["small", "parallel"])
+def test_tap_sigmoid_is_the_halting_conv(k, masked, h, w, two_threads):
+    """sigmoid(conv_kxk(a*x + d) + b) of a zero-padded map (F.conv2d in float64) from the map's per-tap products:
+    taps (HW, k2 + 1 extra column, as with the pooled branch's column), const[t] = sum_c w[c,t] d[c]."""
+    c = 16
+    x, wconv = _rows(h * w, c), _rows(k * k, c, seed=3) * 0.2  # rows (HW, C); wconv (k2, C)
+    a, d, b = torch.rand(c) + 0.5, torch.randn(c), 0.3
+    taps = torch.cat([x @ (wconv * a).t(), torch.randn(h * w, 1)], 1).contiguous()  # the extra column is ignored
+    const = (wconv * d).sum(1).contiguous()
+    mask = torch.rand(h * w, generator=torch.Generator().manual_seed(4)) < 0.6 if masked else None
+    out = native.tap_sigmoid(taps, h, w, const, b, mask, torch.full((h * w,), -1.0))
+    xn = (x.double() * a.double() + d.double()).t().reshape(1, c, h, w)
+    weight = wconv.double().t().reshape(1, c, k, k)
+    ref = torch.sigmoid(torch.nn.functional.conv2d(xn, weight, padding=k // 2).reshape(-1) + b)
+    if mask is not None:
+        ref = ref.masked_fill(~mask, 0.0)
+    torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
+
+
+@needs_native
+def test_tap_sigmoid_rejects_bad_input():
+    taps = _rows(12, 9)
+    with pytest.raises(ValueError, match="k2 in"):
+        native.tap_sigmoid(taps, 3, 4, torch.zeros(4), 0.0, None, torch.empty(12))
+    with pytest.raises(ValueError, match="k2 in"):
+        native.tap_sigmoid(taps, 4, 4, torch.zeros(9), 0.0, None, torch.empty(12))  # 16 positions, 12 rows
+    with pytest.raises(ValueError, match="bools"):
+        native.tap_sigmoid(taps, 3, 4, torch.zeros(9), 0.0, torch.ones(12), torch.empty(12))
+
+
+@needs_native
 @pytest.mark.parametrize("n,c,m", [(50, 24, 17), (5000, 64, 3100)], ids=["small", "parallel"])
 def test_gather_and_copy_rows(n, c, m, two_threads):
     x, idx = _rows(n, c), _idx(n, m)
@@ -118,6 +151,8 @@ def test_bad_input_is_refused():
         native.channel_sums(x.double())
     with pytest.raises(ValueError, match="fp32"):
         native.channel_sums(x.t())  # not contiguous rows
+    with pytest.raises(ValueError, match="at most"):
+        native.channel_sums(_rows(2, native.SUMS_MAX_CHANNELS + 8))
 
 
 @needs_native

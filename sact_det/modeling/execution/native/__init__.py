@@ -29,16 +29,18 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "gather_rows", "copy_rows",
-           "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR"]
+__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_sigmoid", "gather_rows", "copy_rows",
+           "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
+LIBS = ("-lm",)  # after the source: expf of the halting sigmoid
 OPENMP = "-fopenmp"  # tried first; a compiler without OpenMP builds the single-threaded library instead
 DOT_WIDTHS = (1, 9, 10)  # numbers of dot products per row sd_row_dots is specialised for
 RESIDUAL_MAX_CHANNELS = 4096  # widest map sd_residual_scatter tracks the sums of
+SUMS_MAX_CHANNELS = 4096  # widest map sd_channel_sums sums (per-thread partials on the stack)
 
 _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
@@ -79,7 +81,7 @@ def _build() -> Optional[ctypes.CDLL]:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, renamed into place (atomic)
                 out = Path(tmp) / lib.name
-                subprocess.run([cc, *flags, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
+                subprocess.run([cc, *flags, "-o", str(out), str(SOURCE), *LIBS], check=True, capture_output=True, text=True)
                 os.replace(out, lib)
             break
         except (OSError, subprocess.CalledProcessError) as e:
@@ -95,8 +97,9 @@ def _build() -> Optional[ctypes.CDLL]:
         return None
     i64, p, i32 = _I64, _P, ctypes.c_int
     sigs = {  # the last argument of each: the number of threads
-        "sd_channel_sums": (None, [p, i64, i64, p, p, i32]),
+        "sd_channel_sums": (i32, [p, i64, i64, p, p, i32]),
         "sd_row_dots": (i32, [p, i64, p, i64, p, i64, i64, p, i32]),
+        "sd_tap_sigmoid": (i32, [p, i64, i64, i64, i64, p, ctypes.c_float, p, p, i32]),
         "sd_gather_rows": (i32, [p, i64, i64, p, i64, p, i32]),
         "sd_copy_rows": (i32, [p, p, i64, i64, p, i64, i32]),
         "sd_residual_scatter": (i32, [p, p, i64, i64, p, i64, p, p, p, i32]),
@@ -159,11 +162,15 @@ def _rows(t: torch.Tensor, name: str) -> None:
 
 
 def channel_sums(x: torch.Tensor, squares: bool = True):
-    """Per-channel sum and sum of squares (None unless ``squares``) of x (n, c): two (c,) float64 tensors."""
+    """Per-channel sum and sum of squares (None unless ``squares``) of x (n, c), c <= :data:`SUMS_MAX_CHANNELS`:
+    two (c,) float64 tensors."""
     _rows(x, "x")
+    if x.shape[1] > SUMS_MAX_CHANNELS:
+        raise ValueError(f"channel_sums: at most {SUMS_MAX_CHANNELS} channels, got {x.shape[1]}")
     s1 = torch.empty(x.shape[1], dtype=torch.float64)
     s2 = torch.empty_like(s1) if squares else None
-    library().sd_channel_sums(x.data_ptr(), x.shape[0], x.shape[1], s1.data_ptr(), _ptr(s2), _threads())
+    rc = library().sd_channel_sums(x.data_ptr(), x.shape[0], x.shape[1], s1.data_ptr(), _ptr(s2), _threads())
+    _check(rc, "channel_sums", x.shape[0])
     return s1, s2
 
 
@@ -182,6 +189,27 @@ def row_dots(x: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = No
     rc = library().sd_row_dots(x.data_ptr(), x.shape[0], _ptr(idx), m, wt.data_ptr(), k, c, out.data_ptr(),
                                _threads())
     _check(rc, "row_dots", x.shape[0])
+    return out
+
+
+def tap_sigmoid(taps: torch.Tensor, height: int, width: int, const: torch.Tensor, bias: float,
+                mask: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """The halting score from the taps of its kxk conv (k = 1 or 3, zero padding k // 2), in one pass:
+    out[p] = sigmoid(bias + sum over the taps t whose neighbour q of p lies in the map of (taps[q, t] + const[t]))
+    where ``mask`` (height*width bool, or None: everywhere), else 0. taps (height*width, k2 or more) rows (the
+    first k2 = k*k columns, order (ky, kx), are read), const (k2,), out (height*width,) fp32; returns out."""
+    _rows(taps, "taps")
+    k2, n = const.numel(), height * width
+    if taps.shape[0] != n or taps.shape[1] < k2 or k2 not in (1, 9) or out.shape != (n,) or not usable(out, const):
+        raise ValueError(f"tap_sigmoid: taps {tuple(taps.shape)}, const {tuple(const.shape)}, out {tuple(out.shape)} "
+                         f"for a {height}x{width} map (k2 in (1, 9))")
+    if mask is not None:
+        if mask.dtype != torch.bool or mask.numel() != n or mask.device.type != "cpu":
+            raise ValueError(f"tap_sigmoid: mask must be {n} bools on the CPU, got {mask.dtype} {tuple(mask.shape)}")
+        mask = mask.contiguous()
+    rc = library().sd_tap_sigmoid(taps.data_ptr(), taps.shape[1], height, width, k2, const.data_ptr(), float(bias),
+                                  _ptr(mask), out.data_ptr(), _threads())
+    _check(rc, "tap_sigmoid", n)
     return out
 
 

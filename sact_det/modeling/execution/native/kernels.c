@@ -9,6 +9,7 @@
  * same soname, one thread pool); calls moving fewer than PARALLEL_MIN floats stay on one thread.
  */
 #include <stdint.h>
+#include <math.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -42,55 +43,75 @@ static inline void my_range(int64_t m, int64_t *lo, int64_t *hi) {
     *hi = m * (t + 1) / n;
 }
 
-/* s1[j] += sum of x[r, j0 + j], s2[j] += sum of squares, rows [r0, r1), j < cw <= 64: float32 within
- * blocks of 64 rows, float64 across blocks. */
-static void sums_part(const float *x, int64_t c, int64_t r0, int64_t r1, int64_t j0, int64_t cw,
-                      double *s1, double *s2) {
+#define PREFETCH_ROWS 6 /* rows ahead a streaming kernel asks the cache for (hardware prefetch alone left a
+                          * single-thread pass over a map at about half the memory bandwidth) */
+
+/* Ask the cache for the c floats at p (one request per 64-byte line). */
+static inline void prefetch(const float *p, int64_t c) {
+    for (int64_t j = 0; j < c; j += 16) __builtin_prefetch(p + j, 0, 3);
+}
+
+/* Ask for row r + PREFETCH_ROWS of the n rows of c floats at x, if there is one. */
+static inline void prefetch_row(const float *x, int64_t r, int64_t n, int64_t c) {
+    if (r + PREFETCH_ROWS < n) prefetch(x + (r + PREFETCH_ROWS) * c, c);
+}
+
+/* a1[j] += v[j], a2[j] += v[j]^2 for one row of c floats (c % 8 == 0 vectorised, any c). */
+static inline void accumulate_row(const float *v, int64_t c, float *a1, float *a2) {
+    int64_t j = 0;
+    for (; j + V <= c; j += V) {
+        vf t = loadu(v + j);
+        storeu(a1 + j, loadu(a1 + j) + t);
+        storeu(a2 + j, loadu(a2 + j) + t * t);
+    }
+    for (; j < c; j++) { a1[j] += v[j]; a2[j] += v[j] * v[j]; }
+}
+
+/* p1[j] += sum over rows [r0, r1) of x[r, j], p2[j] += sum of squares, j < c <= SUMS_MAX: one streaming pass,
+ * float32 accumulators (in L1) within blocks of 64 rows, float64 across blocks. */
+#define SUMS_MAX 4096
+static void sums_rows(const float *x, int64_t n, int64_t c, int64_t r0, int64_t r1, double *p1, double *p2) {
     enum { BLOCK = 64 };
+    float a1[SUMS_MAX], a2[SUMS_MAX];
     for (int64_t b0 = r0; b0 < r1; b0 += BLOCK) {
         int64_t b1 = b0 + BLOCK < r1 ? b0 + BLOCK : r1;
-        float a1[64] = {0}, a2[64] = {0};
-        if (cw == 64) {
-            vf v1[8] = {0}, v2[8] = {0};
-            for (int64_t r = b0; r < b1; r++) {
-                const float *p = x + r * c + j0;
-                for (int k = 0; k < 8; k++) { vf t = loadu(p + k * V); v1[k] += t; v2[k] += t * t; }
-            }
-            for (int k = 0; k < 8; k++) { storeu(a1 + k * V, v1[k]); storeu(a2 + k * V, v2[k]); }
-        } else {
-            for (int64_t r = b0; r < b1; r++) {
-                const float *p = x + r * c + j0;
-                for (int64_t k = 0; k < cw; k++) { a1[k] += p[k]; a2[k] += p[k] * p[k]; }
-            }
+        memset(a1, 0, c * sizeof(float));
+        memset(a2, 0, c * sizeof(float));
+        for (int64_t r = b0; r < b1; r++) {
+            prefetch_row(x, r, n, c);
+            accumulate_row(x + r * c, c, a1, a2);
         }
-        for (int64_t k = 0; k < cw; k++) { s1[k] += a1[k]; if (s2) s2[k] += a2[k]; }
+        for (int64_t j = 0; j < c; j++) { p1[j] += a1[j]; p2[j] += a2[j]; }
     }
 }
 
-/* Per-channel sum and sum of squares over the n rows of x (n, c): s1, s2 (c,) float64 (s2 may be NULL). */
-void sd_channel_sums(const float *x, int64_t n, int64_t c, double *s1, double *s2, int nt) {
+/* Per-channel sum and sum of squares over the n rows of x (n, c): s1, s2 (c,) float64 (s2 may be NULL).
+ * c <= SUMS_MAX (per-thread partials on the stack); returns -1 for a wider map. */
+int sd_channel_sums(const float *x, int64_t n, int64_t c, double *s1, double *s2, int nt) {
+    if (c > SUMS_MAX) return -1;
     for (int64_t j = 0; j < c; j++) { s1[j] = 0.0; if (s2) s2[j] = 0.0; }
     #pragma omp parallel num_threads(threads_for(nt, n * c))
     {
         int64_t lo, hi;
         my_range(n, &lo, &hi);
-        for (int64_t j0 = 0; j0 < c; j0 += 64) {
-            int64_t cw = c - j0 < 64 ? c - j0 : 64;
-            double p1[64] = {0}, p2[64] = {0};
-            sums_part(x, c, lo, hi, j0, cw, p1, s2 ? p2 : NULL);
-            #pragma omp critical
-            for (int64_t k = 0; k < cw; k++) { s1[j0 + k] += p1[k]; if (s2) s2[j0 + k] += p2[k]; }
-        }
+        double p1[SUMS_MAX], p2[SUMS_MAX];
+        for (int64_t j = 0; j < c; j++) { p1[j] = 0.0; p2[j] = 0.0; }
+        sums_rows(x, n, c, lo, hi, p1, p2);
+        #pragma omp critical
+        for (int64_t j = 0; j < c; j++) { s1[j] += p1[j]; if (s2) s2[j] += p2[j]; }
     }
+    return 0;
 }
 
 /* out (m, k) = x[rows] @ wt^T, wt (k, c): a few dot products per row (the halting conv taps); rows are
- * idx[0..m) or, when idx is NULL, 0..m. c % 8 == 0. */
+ * idx[0..m) or, when idx is NULL, 0..m. c % 8 == 0. The row PREFETCH_ROWS ahead is requested first. */
+#define ROW(i) (x + (idx ? idx[i] : (i)) * c)
 #define DOTS_K(K) \
     static void dots_##K(const float *x, const int64_t *idx, int64_t lo, int64_t hi, const float *wt, int64_t c, \
                          float *out) { \
         for (int64_t i = lo; i < hi; i++) { \
-            const float *p = x + (idx ? idx[i] : i) * c; \
+            const float *p = ROW(i); \
+            if (i + PREFETCH_ROWS < hi) prefetch(ROW(i + PREFETCH_ROWS), c); \
             vf a[K]; \
             for (int k = 0; k < K; k++) a[k] = (vf){0}; \
             for (int64_t j = 0; j < c; j += V) { \
@@ -116,6 +137,31 @@ int sd_row_dots(const float *x, int64_t n, const int64_t *idx, int64_t m, const 
         if (k == 1) dots_1(x, idx, lo, hi, wt, c, out);
         else if (k == 9) dots_9(x, idx, lo, hi, wt, c, out);
         else dots_10(x, idx, lo, hi, wt, c, out);
+    }
+    return 0;
+}
+
+/* The halting score from its conv taps: out[p] = sigmoid(bias + sum over the k2 taps t (k2 = 1 or 9, order
+ * (ky, kx)) whose neighbour q = p + (ky - r, kx - r) lies in the h x w map of (taps[q * stride + t] + cst[t])),
+ * or 0 where mask (h*w bytes, may be NULL: every position) is 0. A k x k conv with zero padding r = k / 2 of the
+ * affinely normalised map, from its per-tap products (sd_row_dots). Returns -1 for another k2. */
+int sd_tap_sigmoid(const float *taps, int64_t stride, int64_t h, int64_t w, int64_t k2, const float *cst,
+                   float bias, const uint8_t *mask, float *out, int nt) {
+    int64_t r = k2 == 9 ? 1 : 0;
+    if (k2 != 1 && k2 != 9) return -1;
+    #pragma omp parallel for num_threads(threads_for(nt, h * w * k2)) schedule(static)
+    for (int64_t y = 0; y < h; y++) {
+        for (int64_t x = 0; x < w; x++) {
+            int64_t p = y * w + x;
+            if (mask && !mask[p]) { out[p] = 0.f; continue; }
+            float z = bias;
+            for (int64_t t = 0; t < k2; t++) {
+                int64_t qy = y + t / 3 - r, qx = x + t % 3 - r;
+                if (k2 == 1) qy = y, qx = x;
+                if (qy >= 0 && qy < h && qx >= 0 && qx < w) z += taps[(qy * w + qx) * stride + t] + cst[t];
+            }
+            out[p] = 1.f / (1.f + expf(-z));
+        }
     }
     return 0;
 }
