@@ -76,6 +76,33 @@ def test_tap_sigmoid_is_the_halting_conv(k, masked, h, w, two_threads):
 
 
 @needs_native
+@pytest.mark.parametrize("dilation,k2", [(1, 9), (2, 9), (1, 1)])
+def test_neighbour_index_by_definition(dilation, k2, monkeypatch):
+    """aidx: the active positions; didx: active first, then the rest of the dilated mask; nbr[i, t]: the didx row of
+    active position i's neighbour t at the dilation (Nd outside the map), checked position by position; and the
+    same sets as the torch path."""
+    from sact_det.modeling.execution.gather import dilate, neighbour_index
+
+    h, w = 9, 13
+    m = torch.rand(h, w, generator=torch.Generator().manual_seed(5)) < 0.3
+    dm = dilate(m[None], dilation)[0] if k2 == 9 else m
+    aidx, didx, nbr, ppos = neighbour_index(m, dm, dilation, k2)
+    nd = didx.numel()
+    assert aidx.tolist() == [p for p in range(h * w) if m.view(-1)[p]]
+    assert didx[: aidx.numel()].tolist() == aidx.tolist()
+    assert didx[aidx.numel():].tolist() == [p for p in range(h * w) if dm.view(-1)[p] and not m.view(-1)[p]]
+    for i, p in enumerate(aidx.tolist()):
+        y, x = divmod(p, w)
+        for t in range(k2):
+            qy, qx = (y, x) if k2 == 1 else (y + (t // 3 - 1) * dilation, x + (t % 3 - 1) * dilation)
+            inside = 0 <= qy < h and 0 <= qx < w
+            assert (didx[nbr[i, t]].item() == qy * w + qx) if inside else nbr[i, t].item() == nd
+    monkeypatch.setenv(native.ENV_ENABLE, "0")  # the torch path
+    for got, ref in zip((aidx, didx, nbr, ppos), neighbour_index(m, dm, dilation, k2)):
+        assert torch.equal(got, ref)
+
+
+@needs_native
 def test_tap_sigmoid_rejects_bad_input():
     taps = _rows(12, 9)
     with pytest.raises(ValueError, match="k2 in"):

@@ -158,9 +158,13 @@ def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 
     by ``dilation``.
     """
     H, W = m.shape
+    p = dilation
+    if m.device.type == "cpu" and native.available():
+        aidx, didx, nbr = native.neighbour_index(m, dm, dilation, k2)
+        return aidx, didx, nbr, didx + (didx // W) * (2 * p) + (p * (W + 2 * p) + p)
     aidx = m.reshape(-1).nonzero().squeeze(1)
     didx = torch.cat([aidx, (dm & ~m).reshape(-1).nonzero().squeeze(1)])
-    nd, p = didx.numel(), dilation
+    nd = didx.numel()
     ppos = didx + (didx // W) * (2 * p) + (p * (W + 2 * p) + p)
     lut = torch.full(((H + 2 * p) * (W + 2 * p),), nd, dtype=torch.long, device=m.device)
     lut[ppos] = torch.arange(nd, device=m.device)

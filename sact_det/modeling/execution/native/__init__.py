@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_sigmoid", "gather_rows", "copy_rows",
+__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_sigmoid", "neighbour_index", "gather_rows", "copy_rows",
            "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
@@ -101,6 +101,7 @@ def _build() -> Optional[ctypes.CDLL]:
         "sd_row_dots": (i32, [p, i64, p, i64, p, i64, i64, p, i32]),
         "sd_tap_sigmoid": (i32, [p, i64, i64, i64, i64, p, ctypes.c_float, p, p, i32]),
         "sd_gather_rows": (i32, [p, i64, i64, p, i64, p, i32]),
+        "sd_neighbour_index": (i32, [p, p, i64, i64, i64, i64, p, p, p, p, p]),
         "sd_copy_rows": (i32, [p, p, i64, i64, p, i64, i32]),
         "sd_residual_scatter": (i32, [p, p, i64, i64, p, i64, p, p, p, i32]),
         "sd_axpy_rows": (i32, [p, p, p, i64, i64, p, i64, i32]),
@@ -211,6 +212,24 @@ def tap_sigmoid(taps: torch.Tensor, height: int, width: int, const: torch.Tensor
                                   _ptr(mask), out.data_ptr(), _threads())
     _check(rc, "tap_sigmoid", n)
     return out
+
+
+def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int):
+    """The index sets of one image (what :func:`..gather.neighbour_index` returns but ``ppos``) in one native pass:
+    m, dm (H,W) bool CPU active and dilated masks -> aidx (N,), didx (Nd,) (active first), nbr (N, k2) int64."""
+    if m.dtype != torch.bool or dm.dtype != torch.bool or m.dim() != 2 or m.shape != dm.shape \
+            or m.device.type != "cpu" or dm.device.type != "cpu" or k2 not in (1, 9):
+        raise ValueError(f"neighbour_index: m, dm must be (H,W) bool CPU masks of one shape, k2 in (1, 9); got "
+                         f"{m.dtype} {tuple(m.shape)}, {dm.dtype} {tuple(dm.shape)}, k2={k2}")
+    h, w = m.shape
+    aidx, didx, row = (torch.empty(h * w, dtype=torch.int64) for _ in range(3))
+    nbr, counts = torch.empty(h * w * k2, dtype=torch.int64), torch.empty(2, dtype=torch.int64)
+    rc = library().sd_neighbour_index(m.contiguous().data_ptr(), dm.contiguous().data_ptr(), h, w, dilation, k2,
+                                      aidx.data_ptr(), didx.data_ptr(), nbr.data_ptr(), row.data_ptr(),
+                                      counts.data_ptr())
+    _check(rc, "neighbour_index", h * w)
+    n, nd = counts.tolist()
+    return aidx[:n], didx[:nd], nbr[: n * k2].view(n, k2)
 
 
 def gather_rows(x: torch.Tensor, idx: torch.Tensor, out: torch.Tensor) -> torch.Tensor:

@@ -166,6 +166,34 @@ int sd_tap_sigmoid(const float *taps, int64_t stride, int64_t h, int64_t w, int6
     return 0;
 }
 
+/* The index sets of one image for the gather kernels, from its h x w active and dilated masks m, dm (bytes;
+ * dm must hold the 3x3 neighbourhood of m at dilation d, k2 = 9, or m itself, k2 = 1): aidx the N active
+ * positions (row-major), didx the Nd dilated positions (the N active ones first, then the rest row-major),
+ * nbr (N, k2) the didx row of each active position's neighbours (order (ky, kx); Nd outside the map or dm),
+ * counts = {N, Nd}. aidx, didx and row (scratch) hold h*w int64, nbr h*w*k2. Returns -1 for another k2. */
+int sd_neighbour_index(const uint8_t *m, const uint8_t *dm, int64_t h, int64_t w, int64_t d, int64_t k2,
+                       int64_t *aidx, int64_t *didx, int64_t *nbr, int64_t *row, int64_t *counts) {
+    int64_t hw = h * w, n = 0, nd;
+    if (k2 != 1 && k2 != 9) return -1;
+    for (int64_t p = 0; p < hw; p++) if (m[p]) aidx[n++] = p;
+    memcpy(didx, aidx, n * sizeof(int64_t));
+    nd = n;
+    for (int64_t p = 0; p < hw; p++) if (dm[p] && !m[p]) didx[nd++] = p;
+    for (int64_t p = 0; p < hw; p++) row[p] = nd;
+    for (int64_t i = 0; i < nd; i++) row[didx[i]] = i;
+    for (int64_t i = 0; i < n; i++) {
+        int64_t y = aidx[i] / w, x = aidx[i] % w, *o = nbr + i * k2;
+        if (k2 == 1) { o[0] = i; continue; }
+        for (int64_t t = 0; t < 9; t++) {
+            int64_t qy = y + (t / 3 - 1) * d, qx = x + (t % 3 - 1) * d;
+            o[t] = qy >= 0 && qy < h && qx >= 0 && qx < w ? row[qy * w + qx] : nd;
+        }
+    }
+    counts[0] = n;
+    counts[1] = nd;
+    return 0;
+}
+
 /* dst[i] = src[idx[i]] for m rows of c floats; src has n rows. Returns 0, or -2 for an index out of range. */
 int sd_gather_rows(const float *src, int64_t n, int64_t c, const int64_t *idx, int64_t m, float *dst, int nt) {
     if (check_index(idx, m, n)) return -2;
