@@ -315,7 +315,7 @@ def test_outputs_never_alias_the_kept_scratch_buffers(block):
 
 @pytest.mark.parametrize("n,k,c_out", [(1, 5, 3), (37, 64, 16), (300, 9 * 8, 8)])
 def test_rows_linear_is_a_matrix_product(n, k, c_out):
-    """oneDNN's 1x1 convolution on rows seen as a map = a @ mat^T + bias (float64 reference)."""
+    """rows_linear = a @ mat^T + bias, and its ReLU (float64 reference)."""
     from sact_det.modeling.execution.fold import rows_linear
 
     torch.manual_seed(n)
@@ -323,6 +323,7 @@ def test_rows_linear_is_a_matrix_product(n, k, c_out):
     ref = (a.double() @ mat.double().t() + bias.double()).float()
     torch.testing.assert_close(rows_linear(a, mat, bias), ref, rtol=1e-5, atol=1e-4)
     torch.testing.assert_close(rows_linear(a[:, :].t().contiguous().t(), mat, bias), ref, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(rows_linear(a, mat, bias, relu=True), ref.clamp_min(0), rtol=1e-5, atol=1e-4)
 
 
 @pytest.mark.parametrize("stride,padding,dilation,groups,k", [(1, 0, 1, 1, 1), (2, 0, 1, 1, 1), (1, 1, 1, 1, 3),

@@ -172,17 +172,17 @@ def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 
     return aidx, didx, nbr.view(-1, k2), ppos
 
 
-def _conv3x3_rows(c: FoldedConv, src: torch.Tensor, nbr: torch.Tensor, out: torch.Tensor, ws: Scratch) -> None:
-    """out (n,C_out) = relu(conv(src)) at n positions; src (R,C_in) channel-last rows, nbr (n,9) row ids."""
+def _conv3x3_rows(c: FoldedConv, src: torch.Tensor, nbr: torch.Tensor, ws: Scratch) -> torch.Tensor:
+    """relu(conv(src)) at n positions -> (n, C_out), a new tensor; src (R,C_in) channel-last rows, nbr (n,9) row
+    ids."""
     n, c_in = nbr.shape[0], src.shape[1]
     col = take_rows(src, nbr.reshape(-1), ws.get("col", n * 9, c_in)).view(n, -1)
     if c.groups == 1:  # col: (n, 9*C_in) ordered (ky, kx, c_in), like c.mat
-        torch.clamp_min(rows_linear(col, c.mat, c.bias), 0.0, out=out)
-        return
+        return rows_linear(col, c.mat, c.bias, relu=True)
     g = c.groups
     col = col.view(n, 9, g, c_in // g).permute(2, 0, 1, 3).reshape(g, n, -1)
     w = c.mat.view(g, -1, col.shape[2]).transpose(1, 2)  # (g, 9*C_in/g, C_out/g)
-    out.copy_(torch.bmm(col, w).permute(1, 0, 2).reshape(n, -1)).add_(c.bias).relu_()
+    return torch.bmm(col, w).permute(1, 0, 2).reshape(n, -1).add_(c.bias).relu_()
 
 
 def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, out: MapView, ws: Scratch,
@@ -207,13 +207,11 @@ def bottleneck_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, d
     n, nd = aidx.numel(), didx.numel()
     h1 = ws.get("h1", nd + 1, c1.mat.shape[0])  # conv1 on the dilated mask, channel-last, + zero row
     for s, e in _chunks(nd):
-        torch.clamp_min(rows_linear(x.gather(didx[s:e], "res", ws), c1.mat, c1.bias), 0.0, out=h1[s:e])
+        h1[s:e] = rows_linear(x.gather(didx[s:e], "res", ws), c1.mat, c1.bias, relu=True)
     h1[nd].zero_()
     tracked = True
     for s, e in _chunks(n):
-        h2 = ws.get("h2", e - s, c2.mat.shape[0])
-        _conv3x3_rows(c2, h1, nbr[s:e], h2, ws)
-        tracked &= _last_conv(c3, h2, x, aidx[s:e], out, ws, delta)
+        tracked &= _last_conv(c3, _conv3x3_rows(c2, h1, nbr[s:e], ws), x, aidx[s:e], out, ws, delta)
     return tracked
 
 
@@ -231,7 +229,7 @@ def basic_image(f: FoldedUnit, x: MapView, out: MapView, m: torch.Tensor, dm: to
     nbr_in = lut[ppos[:, None] + _offsets(W + 2, 1, src.device)]  # (Nd, 9) rows of src
     h1 = ws.get("h1", nd + 1, c1.mat.shape[0])
     for s, e in _chunks(nd):
-        _conv3x3_rows(c1, src, nbr_in[s:e], h1[s:e], ws)
+        h1[s:e] = _conv3x3_rows(c1, src, nbr_in[s:e], ws)
     h1[nd].zero_()
     del src
     tracked = True
