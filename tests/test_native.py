@@ -57,8 +57,8 @@ def test_row_dots_rejects_unsupported_shapes():
 @pytest.mark.parametrize("k", [1, 3])
 @pytest.mark.parametrize("masked", [False, True])
 @pytest.mark.parametrize("h,w", [(7, 5), (150, 120)], ids=["small", "parallel"])
-def test_tap_sigmoid_is_the_halting_conv(k, masked, h, w, two_threads):
-    """sigmoid(conv_kxk(a*x + d) + b) of a zero-padded map (F.conv2d in float64) from the map's per-tap products:
+def test_tap_logits_are_the_halting_conv(k, masked, h, w, two_threads):
+    """conv_kxk(a*x + d) + b of a zero-padded map (F.conv2d in float64) from the map's per-tap products (-inf off the mask):
     taps (HW, k2 + 1 extra column, as with the pooled branch's column), const[t] = sum_c w[c,t] d[c]."""
     c = 16
     x, wconv = _rows(h * w, c), _rows(k * k, c, seed=3) * 0.2  # rows (HW, C); wconv (k2, C)
@@ -66,12 +66,12 @@ def test_tap_sigmoid_is_the_halting_conv(k, masked, h, w, two_threads):
     taps = torch.cat([x @ (wconv * a).t(), torch.randn(h * w, 1)], 1).contiguous()  # the extra column is ignored
     const = (wconv * d).sum(1).contiguous()
     mask = torch.rand(h * w, generator=torch.Generator().manual_seed(4)) < 0.6 if masked else None
-    out = native.tap_sigmoid(taps, h, w, const, b, mask, torch.full((h * w,), -1.0))
+    out = native.tap_logits(taps, h, w, const, b, mask, torch.full((h * w,), -1.0))
     xn = (x.double() * a.double() + d.double()).t().reshape(1, c, h, w)
     weight = wconv.double().t().reshape(1, c, k, k)
-    ref = torch.sigmoid(torch.nn.functional.conv2d(xn, weight, padding=k // 2).reshape(-1) + b)
+    ref = torch.nn.functional.conv2d(xn, weight, padding=k // 2).reshape(-1) + b
     if mask is not None:
-        ref = ref.masked_fill(~mask, 0.0)
+        ref = ref.masked_fill(~mask, float("-inf"))
     torch.testing.assert_close(out.double(), ref, rtol=1e-5, atol=1e-6)
 
 
@@ -103,14 +103,14 @@ def test_neighbour_index_by_definition(dilation, k2, monkeypatch):
 
 
 @needs_native
-def test_tap_sigmoid_rejects_bad_input():
+def test_tap_logits_rejects_bad_input():
     taps = _rows(12, 9)
     with pytest.raises(ValueError, match="k2 in"):
-        native.tap_sigmoid(taps, 3, 4, torch.zeros(4), 0.0, None, torch.empty(12))
+        native.tap_logits(taps, 3, 4, torch.zeros(4), 0.0, None, torch.empty(12))
     with pytest.raises(ValueError, match="k2 in"):
-        native.tap_sigmoid(taps, 4, 4, torch.zeros(9), 0.0, None, torch.empty(12))  # 16 positions, 12 rows
+        native.tap_logits(taps, 4, 4, torch.zeros(9), 0.0, None, torch.empty(12))  # 16 positions, 12 rows
     with pytest.raises(ValueError, match="bools"):
-        native.tap_sigmoid(taps, 3, 4, torch.zeros(9), 0.0, torch.ones(12), torch.empty(12))
+        native.tap_logits(taps, 3, 4, torch.zeros(9), 0.0, torch.ones(12), torch.empty(12))
 
 
 @needs_native

@@ -208,11 +208,11 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         # sums; the norm's shift counts only for in-map neighbours
         cols = (wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)).to(x.dtype)
         rows = views[b].all_rows()
-        if views[b].native_rows and native.usable(h) and C % 8 == 0:  # taps and the score in two native passes
+        if views[b].native_rows and native.usable(h) and C % 8 == 0:  # the taps, then the logits in native passes
             taps = _taps(rows, cols.t().contiguous()).contiguous()  # (HW, k2 [+1])
             g = glob[b] if mean is not None else taps[:, k2].mean() + gconst
-            native.tap_sigmoid(taps, H, W, const.contiguous(), float(conv.bias[0] + g),
-                               None if m is None else m.reshape(-1), h[b])
+            native.tap_logits(taps, H, W, const.contiguous(), float(conv.bias[0] + g),
+                              None if m is None else m.reshape(-1), h[b]).sigmoid_()  # -inf -> 0 off the mask
             continue
         if rows.is_contiguous() and x.dtype == torch.float32:
             taps = _taps(rows, cols.t().contiguous()).t().to(acc)

@@ -29,7 +29,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_sigmoid", "neighbour_index", "gather_rows", "copy_rows",
+__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index", "gather_rows", "copy_rows",
            "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
@@ -99,7 +99,7 @@ def _build() -> Optional[ctypes.CDLL]:
     sigs = {  # the last argument of each: the number of threads
         "sd_channel_sums": (i32, [p, i64, i64, p, p, i32]),
         "sd_row_dots": (i32, [p, i64, p, i64, p, i64, i64, p, i32]),
-        "sd_tap_sigmoid": (i32, [p, i64, i64, i64, i64, p, ctypes.c_float, p, p, i32]),
+        "sd_tap_logits": (i32, [p, i64, i64, i64, i64, p, ctypes.c_float, p, p, i32]),
         "sd_gather_rows": (i32, [p, i64, i64, p, i64, p, i32]),
         "sd_neighbour_index": (i32, [p, p, i64, i64, i64, i64, p, p, p, p, p]),
         "sd_copy_rows": (i32, [p, p, i64, i64, p, i64, i32]),
@@ -193,24 +193,25 @@ def row_dots(x: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = No
     return out
 
 
-def tap_sigmoid(taps: torch.Tensor, height: int, width: int, const: torch.Tensor, bias: float,
-                mask: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
-    """The halting score from the taps of its kxk conv (k = 1 or 3, zero padding k // 2), in one pass:
-    out[p] = sigmoid(bias + sum over the taps t whose neighbour q of p lies in the map of (taps[q, t] + const[t]))
-    where ``mask`` (height*width bool, or None: everywhere), else 0. taps (height*width, k2 or more) rows (the
-    first k2 = k*k columns, order (ky, kx), are read), const (k2,), out (height*width,) fp32; returns out."""
+def tap_logits(taps: torch.Tensor, height: int, width: int, const: torch.Tensor, bias: float,
+               mask: Optional[torch.Tensor], out: torch.Tensor) -> torch.Tensor:
+    """The halting logit from the taps of its kxk conv (k = 1 or 3, zero padding k // 2), in one pass:
+    out[p] = bias + sum over the taps t whose neighbour q of p lies in the map of (taps[q, t] + const[t]) where
+    ``mask`` (height*width bool, or None: everywhere), else -inf (its sigmoid is exactly 0). taps (height*width,
+    k2 or more) rows (the first k2 = k*k columns, order (ky, kx), are read), const (k2,), out (height*width,)
+    fp32; returns out."""
     _rows(taps, "taps")
     k2, n = const.numel(), height * width
     if taps.shape[0] != n or taps.shape[1] < k2 or k2 not in (1, 9) or out.shape != (n,) or not usable(out, const):
-        raise ValueError(f"tap_sigmoid: taps {tuple(taps.shape)}, const {tuple(const.shape)}, out {tuple(out.shape)} "
+        raise ValueError(f"tap_logits: taps {tuple(taps.shape)}, const {tuple(const.shape)}, out {tuple(out.shape)} "
                          f"for a {height}x{width} map (k2 in (1, 9))")
     if mask is not None:
         if mask.dtype != torch.bool or mask.numel() != n or mask.device.type != "cpu":
-            raise ValueError(f"tap_sigmoid: mask must be {n} bools on the CPU, got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(f"tap_logits: mask must be {n} bools on the CPU, got {mask.dtype} {tuple(mask.shape)}")
         mask = mask.contiguous()
-    rc = library().sd_tap_sigmoid(taps.data_ptr(), taps.shape[1], height, width, k2, const.data_ptr(), float(bias),
-                                  _ptr(mask), out.data_ptr(), _threads())
-    _check(rc, "tap_sigmoid", n)
+    rc = library().sd_tap_logits(taps.data_ptr(), taps.shape[1], height, width, k2, const.data_ptr(), float(bias),
+                                 _ptr(mask), out.data_ptr(), _threads())
+    _check(rc, "tap_logits", n)
     return out
 
 

@@ -141,26 +141,30 @@ int sd_row_dots(const float *x, int64_t n, const int64_t *idx, int64_t m, const 
     return 0;
 }
 
-/* The halting score from its conv taps: out[p] = sigmoid(bias + sum over the k2 taps t (k2 = 1 or 9, order
- * (ky, kx)) whose neighbour q = p + (ky - r, kx - r) lies in the h x w map of (taps[q * stride + t] + cst[t])),
- * or 0 where mask (h*w bytes, may be NULL: every position) is 0. A k x k conv with zero padding r = k / 2 of the
- * affinely normalised map, from its per-tap products (sd_row_dots). Returns -1 for another k2. */
-int sd_tap_sigmoid(const float *taps, int64_t stride, int64_t h, int64_t w, int64_t k2, const float *cst,
-                   float bias, const uint8_t *mask, float *out, int nt) {
-    int64_t r = k2 == 9 ? 1 : 0;
+/* The halting logit from its conv taps: out[p] = bias + sum over the k2 taps t (k2 = 1 or 9, order (ky, kx))
+ * whose neighbour q = p + (ky - r, kx - r) lies in the h x w map of (taps[q * stride + t] + cst[t]), or -inf
+ * (a score of exactly 0 after the sigmoid) where mask (h*w bytes, may be NULL: every position) is 0. A k x k
+ * conv with zero padding r = k / 2 of the affinely normalised map, from its per-tap products (sd_row_dots).
+ * Returns -1 for another k2. */
+int sd_tap_logits(const float *taps, int64_t stride, int64_t h, int64_t w, int64_t k2, const float *cst,
+                  float bias, const uint8_t *mask, float *out, int nt) {
     if (k2 != 1 && k2 != 9) return -1;
     #pragma omp parallel for num_threads(threads_for(nt, h * w * k2)) schedule(static)
     for (int64_t y = 0; y < h; y++) {
         for (int64_t x = 0; x < w; x++) {
             int64_t p = y * w + x;
-            if (mask && !mask[p]) { out[p] = 0.f; continue; }
             float z = bias;
-            for (int64_t t = 0; t < k2; t++) {
-                int64_t qy = y + t / 3 - r, qx = x + t % 3 - r;
-                if (k2 == 1) qy = y, qx = x;
-                if (qy >= 0 && qy < h && qx >= 0 && qx < w) z += taps[(qy * w + qx) * stride + t] + cst[t];
+            if (k2 == 1) {
+                z += taps[p * stride] + cst[0];
+            } else if (y > 0 && y < h - 1 && x > 0 && x < w - 1) {  /* interior: every neighbour in the map */
+                for (int64_t t = 0; t < 9; t++) z += taps[(p + (t / 3 - 1) * w + t % 3 - 1) * stride + t] + cst[t];
+            } else {
+                for (int64_t t = 0; t < 9; t++) {
+                    int64_t qy = y + t / 3 - 1, qx = x + t % 3 - 1;
+                    if (qy >= 0 && qy < h && qx >= 0 && qx < w) z += taps[(qy * w + qx) * stride + t] + cst[t];
+                }
             }
-            out[p] = 1.f / (1.f + expf(-z));
+            out[p] = mask && !mask[p] ? -INFINITY : z;
         }
     }
     return 0;
