@@ -112,6 +112,12 @@ def time_rounds(fns: Dict[str, Callable[[], object]], rounds: int, warmup: int =
     return times
 
 
+def quartile_ratios(base: Sequence[float], other: Sequence[float]) -> Tuple[float, float]:
+    """(q1, q3) over rounds of the per-round ratio base / other (lower and upper quartile, nearest rank)."""
+    r = sorted(b / o for b, o in zip(base, other))
+    return r[len(r) // 4], r[(3 * len(r)) // 4]
+
+
 def median_ratio(base: Sequence[float], other: Sequence[float]) -> float:
     """Median over rounds of base / other (pairs from the same round)."""
     return statistics.median(b / o for b, o in zip(base, other))
@@ -240,8 +246,7 @@ def bench_crossover(args) -> None:
                 fns = {"dense": lambda: sparse.dense_folded_forward(folded, x),
                        "sparse": lambda: sparse.sparse_unit_forward(folded, state, m, max_density=INF, inplace=True)}
                 t = time_rounds(fns, args.rounds, setup={"sparse": lambda: state.copy_(x)})
-                r = sorted(b / o for b, o in zip(t["dense"], t["sparse"]))
-                q1, q3 = r[len(r) // 4], r[(3 * len(r)) // 4]
+                q1, q3 = quartile_ratios(t["dense"], t["sparse"])
                 print(f"| {name} ({c}, {cb}, {hw[0]}x{hw[1]}) | {d * 100:.0f} % | {statistics.median(t['dense']) * 1e3:.1f} "
                       f"| {median_ratio(t['dense'], t['sparse']):.2f}x ({q1:.2f}-{q3:.2f}) "
                       f"| {sparse_max_density(args.max_density, c)} |")
@@ -367,12 +372,14 @@ def _torch_only(fn: Callable[[], None]) -> Callable[[], None]:
     return f
 
 
-def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dict]:
+def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
+                   replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> List[dict]:
     """Where the SACT extractor's time goes (EXECUTION auto). Rows per adaptive stage and unit l >= 1: its mean
     active fraction, the time of the unit as it ran ("sact"), of the dense folded unit on the same input
     ("dense", timed right before it after one untimed call), of its halting branch and of its output accumulation;
     row (stage, 0): unit 0 ("first", dense in both), its halting branch, and the whole stage ("stage_time", without
-    the dense references). Seconds per image, mean over ``rounds`` (after one warm-up round)."""
+    the dense references). Seconds per image, mean over ``rounds`` (after one warm-up round). ``replay``: the units
+    run on these masks (:func:`run_images`)."""
     from sact_det.modeling.execution import sparse_halting
     from sact_det.modeling.execution.fold import dense_folded_forward
     from sact_det.modeling.sact import backbone as sact_backbone
@@ -430,8 +437,7 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int) -> List[dic
             for r in range(rounds + 1):
                 if r == 1:
                     acc.clear()  # the first round warms up
-                for img in images:
-                    sact_bb(img)
+                run_images(sact_bb, images, replay)
     finally:
         (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_,
          sact_backbone.dense_folded_forward) = saved
@@ -509,8 +515,8 @@ def bench_extractor(args, argv: List[str]) -> None:
             fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
             t = time_rounds(fns, args.rounds_extractor, 1)
         print(f"    halting bias {bias}: before {before}; after {load_str()}")
-        if args.breakdown and replay is None:
-            print_breakdown(unit_breakdown(sact_bb, images, args.max_density, args.rounds_extractor))
+        if args.breakdown:
+            print_breakdown(unit_breakdown(sact_bb, images, args.max_density, args.rounds_extractor, replay))
         mem = {}
         if args.memory and replay is None:
             extra = [] if bias is None else ["--halting-bias", str(bias)]
@@ -522,7 +528,7 @@ def bench_extractor(args, argv: List[str]) -> None:
           "into its convs) and 'folded' (every block folded and run by sact_det's dense_folded_forward, oneDNN convs "
           "on a channels-last state, the dense execution SACT's fully active units use); second: against d2 as it "
           "runs (FrozenBN after each conv). Time ratios: median over rounds of SACT time / baseline time from the "
-          "same round; ms: median per image")
+          "same round (in brackets: its quartiles over rounds, the spread of a single round); ms: median per image")
     print("'torch only': SACT auto with the native row kernels off (SACT_NATIVE=0), timed in the same rounds "
           "('-': the kernels are not built here)")
     print("| halting | FLOPs SACT/dense | fastest dense ms | SACT auto ms | SACT sparse ms "
@@ -537,10 +543,12 @@ def bench_extractor(args, argv: List[str]) -> None:
         saved = {(b, k): (1 - 1 / median_ratio(t[b], t[k])) / (1 - ff) if ff < 1 else float("nan")
                  for b in ("d2", base) for k in ("auto", "sparse", "auto_torch") if k in t}
         torch_only = (f"{saved[base, 'auto_torch']:.2f} | {med['auto_torch']:.0f}" if "auto_torch" in t else "- | -")
+        # per-round time saved / FLOPs saved from the quartiles of SACT / baseline: (q3 -> lower, q1 -> upper)
+        upper, lower = ((1 - q) / (1 - ff) if ff < 1 else float("nan") for q in quartile_ratios(t["auto"], t[base]))
         label = ("replayed" if replay else "trained") if target is None else f"bias {bias:+.2f}"
         print(f"| {label} | {ff:.3f} | {med[base]:.0f} ({base}) | {med['auto']:.0f} | {med['sparse']:.0f} "
-              f"| {saved[base, 'auto']:.2f} | {saved[base, 'sparse']:.2f} | {torch_only} | {med['d2_folded']:.0f} "
-              f"| {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} | {saved['d2', 'auto']:.2f} | {diff:.1e} |")
+              f"| {saved[base, 'auto']:.2f} ({lower:.2f}-{upper:.2f}) | {saved[base, 'sparse']:.2f} | {torch_only} "
+              f"| {med['d2_folded']:.0f} | {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} | {saved['d2', 'auto']:.2f} | {diff:.1e} |")
     if args.memory and replay is None:
         print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
         print("| halting | d2 | d2 folded | SACT masked | SACT sparse | SACT auto |")
