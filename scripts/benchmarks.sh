@@ -3,7 +3,7 @@
 # the command on its first line). Needs a quiet machine (nothing else running) and, for the detector
 # benchmark, a trained SACT demo detector (REPLAY, default: the seed-1 run of scripts/demo_seeds.sh).
 #
-#   bash scripts/benchmarks.sh                  # about 45 min on 2 cores
+#   bash scripts/benchmarks.sh                  # about an hour on 2 cores
 #   bash scripts/benchmarks.sh unit_1thread crossover_2threads   # only these result files
 #   OUT=/tmp/results REPLAY=output/demo/sact_R_50_C4/model_final.pth bash scripts/benchmarks.sh
 set -euo pipefail
@@ -23,9 +23,11 @@ run() {  # [VAR=value] run NAME ARGS...: python ARGS, output to $OUT/NAME.txt wi
   tail -n 4 "$OUT/$name.txt"
 }
 run extractor_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
-  --images 2 --rounds-extractor 5 --target-flops 0.5 0.7 --breakdown
+  --images 2 --rounds-extractor 7 --target-flops 0.5 0.7 --breakdown
 run extractor_1thread_run2 tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
-  --images 2 --rounds-extractor 5 --target-flops 0.5 0.7
+  --images 2 --rounds-extractor 7 --target-flops 0.5 0.7
+run extractor_replay_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
+  --images 2 --rounds-extractor 7 --replay-weights "$REPLAY" --breakdown
 run crossover_1thread tools/benchmark_sparse.py --part crossover --threads 1 --clock cpu \
   --densities 0.6 0.7 0.75 0.8 0.85 0.9 0.95 --rounds 9
 run crossover_2threads tools/benchmark_sparse.py --part crossover --threads 2 \

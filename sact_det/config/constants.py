@@ -6,10 +6,11 @@ EXECUTION_MODES = ("dense", "sparse", "auto")  # cfg.MODEL.SACT.EXECUTION: maske
 # config default) -1 means "by the map's width": the break-even of the in-place gather kernel vs. the dense
 # folded unit grows with the channels (larger GEMMs amortise the gathers). Measured with the native kernels by
 # `tools/benchmark_sparse.py --part crossover` (bottlenecks of R-50's res2 / res3 / res4 widths on their maps
-# at 600x1000, fp32 channels-last, blob masks; docs/results/crossover_*.txt): 0.72-0.78 / 0.74-0.85 / 0.83-0.88
-# for res2 / res3 / res4 over two runs each on 1 and 2 threads; the table stays at or below them.
+# at 600x1000, fp32 channels-last, blob masks; docs/results/crossover_*.txt): about 0.72 (2 threads) - 0.87
+# (1 thread) / 0.80-0.85 / 0.80-0.85 for res2 / res3 / res4 with this version's kernels (the previous version's
+# runs: 0.72-0.78 / 0.74-0.85 / 0.83-0.88); the table stays at or below them.
 SPARSE_MAX_DENSITY = -1.0
-SPARSE_MAX_DENSITY_BY_WIDTH = ((256, 0.7), (512, 0.8), (None, 0.85))  # (max channels or None, threshold)
+SPARSE_MAX_DENSITY_BY_WIDTH = ((256, 0.7), (None, 0.8))  # (max channels or None, threshold)
 
 
 def sparse_max_density(value: float, channels: int) -> float:

@@ -5,8 +5,8 @@ tensor, or columns of an NCHW one. The first conv runs on the 3x3-dilated mask, 
 the active mask; a 3x3 conv on n positions is one GEMM over the im2col matrix (n, 9*C_in)
 whose rows are gathered from the conv1 output kept channel-last with one extra zero row that
 stands for the zero padding (and for positions outside the dilated mask, which are never read).
-Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers. Row gathers and
-the residual write use the native kernels (:mod:`.native`) on fp32 CPU rows, torch elsewhere; the
+Work is done in chunks of at most ``CHUNK_ROWS`` positions, in reused scratch buffers. The index sets, row
+gathers and the residual write use the native kernels (:mod:`.native`) on CPU (fp32 rows), torch elsewhere; the
 residual write then also updates the map's per-channel sums (:class:`MapStats`) by the change of the
 rows it writes, so the halting branch after the unit needs no pass over the map for them.
 """

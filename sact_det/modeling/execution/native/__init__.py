@@ -1,9 +1,10 @@
 """Native row kernels of the sparse path (``kernels.c``), built with the system C compiler on first use.
 
 The kernels read a channels-last map as an n x c float32 matrix and touch each row once: per-channel
-sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps),
-indexed row copies, the residual write of a unit's last conv with the change of the channel sums,
-and the accumulation ``out += w * x`` at given positions. torch does the same in several passes or
+sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps) and the
+halting logits from them, indexed row copies, the residual write of a unit's last conv with the change of
+the channel sums, and the accumulation ``out += w * x`` at given positions; and a unit's index sets from its
+masks (``neighbour_index``, the only kernel on bool masks). torch does the same in several passes or
 with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
 --part extractor`` times SACT with and without them in the same rounds ("torch only").
 
