@@ -548,7 +548,8 @@ def bench_extractor(args, argv: List[str]) -> None:
         label = ("replayed" if replay else "trained") if target is None else f"bias {bias:+.2f}"
         print(f"| {label} | {ff:.3f} | {med[base]:.0f} ({base}) | {med['auto']:.0f} | {med['sparse']:.0f} "
               f"| {saved[base, 'auto']:.2f} ({lower:.2f}-{upper:.2f}) | {saved[base, 'sparse']:.2f} | {torch_only} "
-              f"| {med['d2_folded']:.0f} | {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} | {saved['d2', 'auto']:.2f} | {diff:.1e} |")
+              f"| {med['d2_folded']:.0f} | {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} "
+              f"| {saved['d2', 'auto']:.2f} | {diff:.1e} |")
     if args.memory and replay is None:
         print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
         print("| halting | d2 | d2 folded | SACT masked | SACT sparse | SACT auto |")

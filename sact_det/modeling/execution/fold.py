@@ -7,6 +7,7 @@ in the gather -> GEMM -> scatter kernels of :mod:`sact_det.modeling.execution.sp
 folds every norm of a whole detectron2 model (a dense baseline). Folding is exact up to fp32 round-off:
 ``BN(conv(x)) = conv(x) * s + (beta - mean * s)`` with ``s = gamma / sqrt(var + eps)``.
 """
+import functools
 from dataclasses import dataclass, field
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -40,19 +41,14 @@ def onednn_conv(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tens
     return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
 
 
-_LINEAR: Optional[tuple] = None  # (the op or None,) once looked up
-
-
+@functools.lru_cache(maxsize=None)
 def _onednn_linear() -> Optional[Callable[..., torch.Tensor]]:
     """oneDNN's fused linear (``torch.ops.mkldnn._linear_pointwise``: a @ W^T + b, then an optional ReLU in the
-    same pass), or None if this torch build lacks it."""
-    global _LINEAR
-    if _LINEAR is None:
-        try:
-            _LINEAR = (torch.ops.mkldnn._linear_pointwise,)
-        except (AttributeError, RuntimeError):
-            _LINEAR = (None,)
-    return _LINEAR[0]
+    same pass), or None if this torch build lacks it (looked up once)."""
+    try:
+        return torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):
+        return None
 
 
 def rows_linear(a: torch.Tensor, mat: torch.Tensor, bias: torch.Tensor, relu: bool = False) -> torch.Tensor:

@@ -149,6 +149,11 @@ def _offsets(w_pad: int, dilation: int, device: torch.device, k2: int = 9) -> to
     return (r[:, None] * w_pad + r[None, :]).reshape(-1)
 
 
+def _padded_positions(idx: torch.Tensor, w: int, p: int) -> torch.Tensor:
+    """Flat positions idx of an (H, w) map in the same map zero-padded by p on every side."""
+    return idx + (idx // w) * (2 * p) + (p * (w + 2 * p) + p)
+
+
 def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 9) -> Tuple[torch.Tensor, ...]:
     """Index sets of one image; m, dm: (H,W) bool active and dilated masks.
 
@@ -161,11 +166,11 @@ def neighbour_index(m: torch.Tensor, dm: torch.Tensor, dilation: int, k2: int = 
     p = dilation
     if m.device.type == "cpu" and native.available():
         aidx, didx, nbr = native.neighbour_index(m, dm, dilation, k2)
-        return aidx, didx, nbr, didx + (didx // W) * (2 * p) + (p * (W + 2 * p) + p)
+        return aidx, didx, nbr, _padded_positions(didx, W, p)
     aidx = m.reshape(-1).nonzero().squeeze(1)
     didx = torch.cat([aidx, (dm & ~m).reshape(-1).nonzero().squeeze(1)])
     nd = didx.numel()
-    ppos = didx + (didx // W) * (2 * p) + (p * (W + 2 * p) + p)
+    ppos = _padded_positions(didx, W, p)
     lut = torch.full(((H + 2 * p) * (W + 2 * p),), nd, dtype=torch.long, device=m.device)
     lut[ppos] = torch.arange(nd, device=m.device)
     nbr = lut.index_select(0, (ppos[: aidx.numel(), None] + _offsets(W + 2 * p, p, m.device, k2)).view(-1))
@@ -191,7 +196,7 @@ def _last_conv(c: FoldedConv, h: torch.Tensor, x: MapView, aidx: torch.Tensor, o
     ``delta`` ((2, C) float64): += the change of out's per-channel sums (:class:`MapStats`) if the native
     write ran; returns whether it did."""
     z = rows_linear(h, c.mat, c.bias)
-    if out.native_rows and x.native_rows and native.usable(z) and z.shape[1] <= native.RESIDUAL_MAX_CHANNELS:
+    if out.native_rows and x.native_rows and native.usable(z) and z.shape[1] <= native.SUMS_MAX_CHANNELS:
         native.residual_scatter(out.mat, x.mat, aidx, z, delta)
         return True
     out.scatter(aidx, x.gather(aidx, "res", ws).add_(z).relu_())

@@ -30,18 +30,16 @@ from typing import Optional
 
 import torch
 
-__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index", "gather_rows", "copy_rows",
-           "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
+__all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index",
+           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
 SOURCE = Path(__file__).with_name("kernels.c")
 FLAGS = ("-O3", "-march=native", "-fPIC", "-shared", "-fno-math-errno")
-LIBS = ("-lm",)  # after the source: expf of the halting sigmoid
 OPENMP = "-fopenmp"  # tried first; a compiler without OpenMP builds the single-threaded library instead
 DOT_WIDTHS = (1, 9, 10)  # numbers of dot products per row sd_row_dots is specialised for
-RESIDUAL_MAX_CHANNELS = 4096  # widest map sd_residual_scatter tracks the sums of
-SUMS_MAX_CHANNELS = 4096  # widest map sd_channel_sums sums (per-thread partials on the stack)
+SUMS_MAX_CHANNELS = 4096  # widest map whose channel sums the kernels keep (SUMS_MAX: per-thread partials on the stack)
 
 _LOCK = threading.Lock()
 _LIB: Optional[ctypes.CDLL] = None
@@ -82,7 +80,7 @@ def _build() -> Optional[ctypes.CDLL]:
             folder.mkdir(parents=True, exist_ok=True)
             with tempfile.TemporaryDirectory(dir=folder) as tmp:  # built aside, renamed into place (atomic)
                 out = Path(tmp) / lib.name
-                subprocess.run([cc, *flags, "-o", str(out), str(SOURCE), *LIBS], check=True, capture_output=True, text=True)
+                subprocess.run([cc, *flags, "-o", str(out), str(SOURCE)], check=True, capture_output=True, text=True)
                 os.replace(out, lib)
             break
         except (OSError, subprocess.CalledProcessError) as e:
@@ -277,8 +275,8 @@ def residual_scatter(out: torch.Tensor, x: torch.Tensor, idx: torch.Tensor, z: t
         raise ValueError("residual_scatter: delta must be a contiguous (2, c) float64 tensor")
     d1 = None if delta is None else delta[0]
     d2 = None if delta is None else delta[1]
-    if delta is not None and out.shape[1] > RESIDUAL_MAX_CHANNELS:
-        raise ValueError(f"residual_scatter: at most {RESIDUAL_MAX_CHANNELS} channels with delta, got {out.shape[1]}")
+    if delta is not None and out.shape[1] > SUMS_MAX_CHANNELS:
+        raise ValueError(f"residual_scatter: at most {SUMS_MAX_CHANNELS} channels with delta, got {out.shape[1]}")
     rc = library().sd_residual_scatter(out.data_ptr(), x.data_ptr(), out.shape[0], out.shape[1], idx.data_ptr(),
                                        idx.numel(), z.data_ptr(), _ptr(d1), _ptr(d2), _threads())
     _check(rc, "residual_scatter", out.shape[0])

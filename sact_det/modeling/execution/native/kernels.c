@@ -222,21 +222,21 @@ int sd_copy_rows(float *dst, const float *src, int64_t n, int64_t c, const int64
     return 0;
 }
 
-/* out[idx[i]] = relu(z[i] + x[idx[i]]) for m rows of c <= 4096 floats (out, x: n rows); out may be x (each
+/* out[idx[i]] = relu(z[i] + x[idx[i]]) for m rows of c floats (out, x: n rows); out may be x (each
  * row is read first). d1, d2 (c,) float64 or NULL: += sum over the rows of new - old and new^2 - old^2 (old:
- * out[idx[i]] before the write), in float32 per block of 64 rows. Returns -1 if c is too large for the delta
- * buffers, -2 for an index out of range. */
+ * out[idx[i]] before the write), in float32 per block of 64 rows. Returns -1 if c > SUMS_MAX with deltas, -2
+ * for an index out of range. */
 int sd_residual_scatter(float *out, const float *x, int64_t n, int64_t c, const int64_t *idx, int64_t m,
                         const float *z, double *d1, double *d2, int nt) {
-    enum { BLOCK = 64, CMAX = 4096 };
-    if (d1 && c > CMAX) return -1;
+    enum { BLOCK = 64 };
+    if (d1 && c > SUMS_MAX) return -1;
     if (check_index(idx, m, n)) return -2;
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
         my_range(m, &lo, &hi);
-        float a1[CMAX], a2[CMAX];
-        double p1[CMAX], p2[CMAX];
+        float a1[SUMS_MAX], a2[SUMS_MAX];
+        double p1[SUMS_MAX], p2[SUMS_MAX];
         if (d1) for (int64_t j = 0; j < c; j++) { p1[j] = 0.0; p2[j] = 0.0; }
         for (int64_t i0 = lo; i0 < hi; i0 += BLOCK) {
             int64_t i1 = i0 + BLOCK < hi ? i0 + BLOCK : hi;
