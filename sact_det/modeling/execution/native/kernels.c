@@ -10,6 +10,7 @@
  */
 #include <stdint.h>
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -104,7 +105,15 @@ int sd_channel_sums(const float *x, int64_t n, int64_t c, double *s1, double *s2
 }
 
 /* out (m, k) = x[rows] @ wt^T, wt (k, c): a few dot products per row (the halting conv taps); rows are
- * idx[0..m) or, when idx is NULL, 0..m. c % 8 == 0. The row PREFETCH_ROWS ahead is requested first. */
+ * idx[0..m) or, when idx is NULL, 0..m. c % 8 == 0.
+ * Up to DOT_TILED_ABOVE channels: row by row, the row PREFETCH_ROWS ahead requested first. Wider maps: wt is
+ * re-laid out with the k values of every 8 channels side by side (read as (k, c), its rows lie c floats apart:
+ * 4 KiB at c = 1024, all in one set of the 8-way L1 cache) and the rows are summed in tiles of DOT_TILE,
+ * DOT_BLOCK channels at a time, so that the k x DOT_BLOCK slice of wt and the tile's accumulators stay in L1:
+ * 1.6-2x faster at c = 1024 (res4), 2.9x at 2048; at c = 512 neither way was faster. */
+#define DOT_TILED_ABOVE 512
+#define DOT_BLOCK 128
+#define DOT_TILE 8
 #define ROW(i) (x + (idx ? idx[i] : (i)) * c)
 #define DOTS_K(K) \
     static void dots_##K(const float *x, const int64_t *idx, int64_t lo, int64_t hi, const float *wt, int64_t c, \
@@ -120,24 +129,61 @@ int sd_channel_sums(const float *x, int64_t n, int64_t c, double *s1, double *s2
             } \
             for (int k = 0; k < K; k++) out[i * K + k] = hsum(a[k]); \
         } \
+    } \
+    /* wi: wt interleaved, (c / 8, K, 8) */ \
+    static void dots_tiled_##K(const float *x, const int64_t *idx, int64_t lo, int64_t hi, const float *wi, \
+                               int64_t c, float *out) { \
+        vf a[DOT_TILE][K]; \
+        for (int64_t i0 = lo; i0 < hi; i0 += DOT_TILE) { \
+            int64_t nr = hi - i0 < DOT_TILE ? hi - i0 : DOT_TILE; \
+            for (int64_t r = 0; r < nr; r++) for (int k = 0; k < K; k++) a[r][k] = (vf){0}; \
+            for (int64_t j0 = 0; j0 < c; j0 += DOT_BLOCK) { \
+                int64_t j1 = j0 + DOT_BLOCK < c ? j0 + DOT_BLOCK : c; \
+                for (int64_t r = 0; r < nr; r++) { \
+                    const float *p = ROW(i0 + r); \
+                    if (i0 + r + DOT_TILE < hi) prefetch(ROW(i0 + r + DOT_TILE) + j0, j1 - j0); \
+                    vf t[K]; \
+                    for (int k = 0; k < K; k++) t[k] = a[r][k]; \
+                    for (int64_t j = j0; j < j1; j += V) { \
+                        vf s = loadu(p + j); \
+                        for (int k = 0; k < K; k++) t[k] += s * loadu(wi + j * K + k * V); \
+                    } \
+                    for (int k = 0; k < K; k++) a[r][k] = t[k]; \
+                } \
+            } \
+            for (int64_t r = 0; r < nr; r++) for (int k = 0; k < K; k++) out[(i0 + r) * K + k] = hsum(a[r][k]); \
+        } \
     }
 DOTS_K(1)
 DOTS_K(9)
 DOTS_K(10)
 
-/* x has n rows. Returns 0, -1 for an unsupported k / c, -2 for an index out of range. */
+/* x has n rows. Returns 0, -1 for an unsupported k / c, -2 for an index out of range, -3 out of memory. */
 int sd_row_dots(const float *x, int64_t n, const int64_t *idx, int64_t m, const float *wt, int64_t k, int64_t c,
                 float *out, int nt) {
     if (c % V || (k != 1 && k != 9 && k != 10)) return -1;
     if (idx && check_index(idx, m, n)) return -2;
+    float *wi = NULL;
+    if (c > DOT_TILED_ABOVE) {
+        if (!(wi = malloc((size_t)(k * c) * sizeof(float)))) return -3;
+        for (int64_t j = 0; j < c; j += V)
+            for (int64_t t = 0; t < k; t++) memcpy(wi + j * k + t * V, wt + t * c + j, V * sizeof(float));
+    }
     #pragma omp parallel num_threads(threads_for(nt, m * c))
     {
         int64_t lo, hi;
         my_range(m, &lo, &hi);
-        if (k == 1) dots_1(x, idx, lo, hi, wt, c, out);
-        else if (k == 9) dots_9(x, idx, lo, hi, wt, c, out);
-        else dots_10(x, idx, lo, hi, wt, c, out);
+        if (wi) {
+            if (k == 1) dots_tiled_1(x, idx, lo, hi, wi, c, out);
+            else if (k == 9) dots_tiled_9(x, idx, lo, hi, wi, c, out);
+            else dots_tiled_10(x, idx, lo, hi, wi, c, out);
+        } else {
+            if (k == 1) dots_1(x, idx, lo, hi, wt, c, out);
+            else if (k == 9) dots_9(x, idx, lo, hi, wt, c, out);
+            else dots_10(x, idx, lo, hi, wt, c, out);
+        }
     }
+    free(wi);
     return 0;
 }
 
