@@ -226,8 +226,9 @@ def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights
     """Both parts at toy sizes, the extractor on the masks a (demo) SACT detector produces: every table row."""
     common = ["--threads", "1", "--rounds", "1", "--rounds-extractor", "1", "--densities", "0.5", "1.0",
               "--height", "6", "--width", "8", "--config", DEMO_CFG, "--images", "1", "--image-size", "64", "96"]
-    benchmark_sparse.main(common + ["--replay-weights", trained_weights, "--replay-config", DEMO_CFG])
+    benchmark_sparse.main(common + ["--replay-weights", trained_weights, "--replay-config", DEMO_CFG, "--breakdown"])
     out = capsys.readouterr().out
+    assert "replayed: without the halting, accumulation and rest" in out  # --breakdown's estimate below the table
     unit_rows = [ln for ln in out.splitlines() if ln.startswith("| 50 % |") or ln.startswith("| 100 % |")]
     assert len(unit_rows) == 4  # two densities x two tables
     # a full mask: the sparse unit runs every conv everywhere, FLOPs sparse/dense = 1
@@ -269,3 +270,15 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
     out = capsys.readouterr().out
     table = [ln for ln in out.splitlines() if ln.startswith("| res")]
     assert len(table) == len(rows) and "the rest of the stages' work" in out
+
+
+def test_benchmark_sparse_breakdown_compares_units_with_proportional_cost(capsys):
+    """The units' saving against units costing in proportion to their active positions, by hand: two units of a
+    10 ms dense cost at 50 % and 80 % active, run in 7 and 9 ms, save 4 ms of 0.5 * 10 + 0.2 * 10 = 7 ms."""
+    rows = [{"stage": "res2", "unit": 0, "first": 0.02, "halting": 0.001, "stage_time": 0.04},
+            {"stage": "res2", "unit": 1, "density": 0.5, "sact": 0.007, "dense": 0.010},
+            {"stage": "res2", "unit": 2, "density": 0.8, "sact": 0.009, "dense": 0.010}]
+    overhead = benchmark_sparse.print_breakdown(rows)
+    out = capsys.readouterr().out
+    assert "the units that ran save 4 ms of the 7 ms" in out and "(0.57;" in out
+    assert abs(overhead - (40 - 20 - 16)) < 1e-9  # halting 1 + the rest 3 (stage 40 - unit 0 20 - units 16 - halting 1)

@@ -447,7 +447,9 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
     return [{"stage": s, "unit": u, **{k: v / calls for k, v in row.items()}} for (s, u), row in sorted(acc.items())]
 
 
-def print_breakdown(rows: List[dict]) -> None:
+def print_breakdown(rows: List[dict]) -> float:
+    """Prints the table of :func:`unit_breakdown`; returns the ms per image of the halting branches, the
+    accumulation and the rest of the adaptive stages' work (what SACT spends besides its units)."""
     print("per unit (EXECUTION auto; ms per image, mean over rounds; unit 0 of a stage runs densely on both sides):")
     print("| stage | unit | active fraction | SACT unit ms | dense folded unit ms | SACT / dense | halting ms "
           "| accumulation ms |")
@@ -465,12 +467,21 @@ def print_breakdown(rows: List[dict]) -> None:
         else:
             print(f"| {r['stage']} | 0 | 1 (dense) | {ms['first']:.1f} | {ms['first']:.1f} | 1 | {ms['halting']:.1f} | - |")
     rest = tot["stage_time"] - tot["first"] - tot["sact"] - tot["halting"] - tot["accumulation"]
+    # what units costing in proportion to their active positions would save (no dilation, no gathers, GEMMs as
+    # fast as the dense convs): the units' share of the gap between time saved and FLOPs saved
+    proportional = sum((1.0 - r["density"]) * r.get("dense", 0.0) * 1e3 for r in rows if "density" in r)
     print(f"| all units l >= 1 | | | {tot['sact']:.0f} | {tot['dense']:.0f} | "
           f"{tot['sact'] / max(tot['dense'], 1e-9):.2f} | {tot['halting']:.0f} | {tot['accumulation']:.0f} |")
     print(f"adaptive stages: {tot['stage_time']:.0f} ms per image; units l >= 1 save {tot['dense'] - tot['sact']:.0f} ms "
           f"against their dense folded versions; halting {tot['halting']:.0f} ms + accumulation "
           f"{tot['accumulation']:.0f} ms + the rest of the stages' work {rest:.0f} ms (halting arithmetic, output "
           f"initialisation, masks, dispatch) are spent in their place")
+    if proportional > 0:
+        saved = tot["dense"] - tot["sact"]
+        print(f"the units that ran save {saved:.0f} ms of the {proportional:.0f} ms that units costing in proportion "
+              f"to their active positions would save ({saved / proportional:.2f}; lost to the 3x3-dilated first conv, "
+              f"the gathers and GEMMs slower than the dense convs)")
+    return tot["halting"] + tot["accumulation"] + rest
 
 
 def bench_extractor(args, argv: List[str]) -> None:
@@ -515,14 +526,15 @@ def bench_extractor(args, argv: List[str]) -> None:
             fns = _extractor_fns(sact_bb, dense_bb, images, args.max_density, replay)
             t = time_rounds(fns, args.rounds_extractor, 1)
         print(f"    halting bias {bias}: before {before}; after {load_str()}")
+        overhead = None
         if args.breakdown:
-            print_breakdown(unit_breakdown(sact_bb, images, args.max_density, args.rounds_extractor, replay))
+            overhead = print_breakdown(unit_breakdown(sact_bb, images, args.max_density, args.rounds_extractor, replay))
         mem = {}
         if args.memory and replay is None:
             extra = [] if bias is None else ["--halting-bias", str(bias)]
             mem = {k: memory_in_subprocess(argv + extra, f"extractor:{k}")
                    for k in ("d2", "d2_folded", "dense", "sparse", "auto")}
-        results.append((target, bias, ff, diff, t, mem))
+        results.append((target, bias, ff, diff, t, mem, overhead))
     print("headline: time saved / FLOPs saved against the fastest dense baseline of the same network (same input "
           "layout and threads, BN folded): the faster (median) of 'd2 folded' (detectron2's ResNet with BN folded "
           "into its convs) and 'folded' (every block folded and run by sact_det's dense_folded_forward, oneDNN convs "
@@ -536,7 +548,8 @@ def bench_extractor(args, argv: List[str]) -> None:
           "| SACT auto torch only ms | d2 folded ms | folded ms | d2 ms "
           "| SACT masked ms | time saved / FLOPs saved vs d2 (auto) | max rel diff sparse vs masked |")
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for target, bias, ff, diff, t, _ in results:
+    notes = []
+    for target, bias, ff, diff, t, _, overhead in results:
         n = len(images)
         med = {k: statistics.median(v) * 1e3 / n for k, v in t.items()}
         base = min(BASELINES, key=lambda k: med[k])
@@ -550,11 +563,17 @@ def bench_extractor(args, argv: List[str]) -> None:
               f"| {saved[base, 'auto']:.2f} ({lower:.2f}-{upper:.2f}) | {saved[base, 'sparse']:.2f} | {torch_only} "
               f"| {med['d2_folded']:.0f} | {med['folded']:.0f} | {med['d2']:.0f} | {med['dense']:.0f} "
               f"| {saved['d2', 'auto']:.2f} | {diff:.1e} |")
+        if overhead is not None:
+            free = (med[base] - med["auto"] + overhead) / (med[base] * (1 - ff)) if ff < 1 else float("nan")
+            notes.append(f"{label}: without the halting, accumulation and rest ({overhead:.0f} ms per image in the "
+                         f"breakdown's rounds), time saved / FLOPs saved vs fastest dense (auto) would be about {free:.2f}")
+    for note in notes:
+        print(note)
     if args.memory and replay is None:
         print("peak memory added by two forwards of one image incl. lazy state (MiB, own subprocess each):")
         print("| halting | d2 | d2 folded | SACT masked | SACT sparse | SACT auto |")
         print("|---|---|---|---|---|---|")
-        for target, bias, ff, _, _, mem in results:
+        for target, bias, ff, _, _, mem, _ in results:
             label = "trained" if target is None else f"bias {bias:+.2f}"
             print(f"| {label} | {mem['d2']:.0f} | {mem['d2_folded']:.0f} | {mem['dense']:.0f} | {mem['sparse']:.0f} "
                   f"| {mem['auto']:.0f} |")
