@@ -151,6 +151,8 @@ def _index(idx: torch.Tensor) -> torch.Tensor:
 def _check(rc: int, name: str, rows: int) -> None:
     if rc == -2:
         raise IndexError(f"native {name}: row index out of range [0, {rows})")
+    if rc == -3:
+        raise MemoryError(f"native {name}: out of memory")
     if rc != 0:
         raise ValueError(f"native {name}: unsupported arguments (code {rc})")
 
