@@ -166,7 +166,7 @@ def _unit_setup(args, c: int = 1024, cb: int = 256, hw: Optional[Tuple[int, int]
 def _unit_fns(block, folded, x, m, max_density: float):
     """Variants of part (a) and their untimed setups. x: (1,C,H,W) NCHW (detectron2's layout); max_density: the
     auto threshold (-1: by the unit's width)."""
-    max_density = sparse_max_density(max_density, folded.channels, torch.get_num_threads())
+    max_density = sparse_max_density(max_density, folded.channels)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     state = x_cl.clone()
     fns = {
@@ -196,7 +196,7 @@ def bench_unit(args, argv: List[str]) -> None:
     h, w = args.height, args.width
     print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, "
           f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
-          f"(threshold {sparse_max_density(args.max_density, 1024, torch.get_num_threads())})")
+          f"(threshold {sparse_max_density(args.max_density, 1024)})")
     print(f"    before: {load_str()}")
     rows = []
     with torch.no_grad():
@@ -249,7 +249,7 @@ def bench_crossover(args) -> None:
                 q1, q3 = quartile_ratios(t["dense"], t["sparse"])
                 print(f"| {name} ({c}, {cb}, {hw[0]}x{hw[1]}) | {d * 100:.0f} % | {statistics.median(t['dense']) * 1e3:.1f} "
                       f"| {median_ratio(t['dense'], t['sparse']):.2f}x ({q1:.2f}-{q3:.2f}) "
-                      f"| {sparse_max_density(args.max_density, c, torch.get_num_threads())} |")
+                      f"| {sparse_max_density(args.max_density, c)} |")
     print(f"    after:  {load_str()}")
 
 

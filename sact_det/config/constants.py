@@ -6,20 +6,18 @@ EXECUTION_MODES = ("dense", "sparse", "auto")  # cfg.MODEL.SACT.EXECUTION: maske
 # config default) -1 means "by the map's width": the break-even of the in-place gather kernel vs. the dense
 # folded unit grows with the channels (larger GEMMs amortise the gathers). Measured with the native kernels by
 # `tools/benchmark_sparse.py --part crossover` (bottlenecks of R-50's res2 / res3 / res4 widths on their maps
-# at 600x1000, fp32 channels-last, blob masks; docs/results/crossover_*.txt): about 0.87 on 1 thread and 0.72 on
-# 2 for res2 (on 2 threads the dense convs gain more than the gathers) / 0.80-0.85 / 0.80-0.85 for res3 / res4
-# with this version's kernels (the previous version's runs: 0.72-0.78 / 0.74-0.85 / 0.83-0.88); the table stays
-# at or below them.
+# at 600x1000, fp32 channels-last, blob masks; docs/results/crossover_*.txt). This version, four runs on one
+# thread: about 0.72-0.74 / 0.74-0.80 / 0.85 for res2 / res3 / res4, one on two threads 0.73 / 0.73 / 0.80-0.82;
+# the previous session's runs 0.87 / 0.80-0.85 / 0.80-0.85 (one thread) and 0.72 / 0.80-0.85 / 0.80-0.85 (two).
+# The break-even moves with the machine's state, so the table stays at or below every run.
 SPARSE_MAX_DENSITY = -1.0
-SPARSE_MAX_DENSITY_BY_WIDTH = ((256, 0.8, 0.7), (None, 0.8, 0.8))  # (max channels or None, 1 thread, 2+ threads)
+SPARSE_MAX_DENSITY_BY_WIDTH = ((512, 0.7), (None, 0.8))  # (max channels or None, threshold)
 
 
-def sparse_max_density(value: float, channels: int, threads: int = 2) -> float:
-    """The "auto" threshold for a map of ``channels`` run on ``threads`` CPU threads (torch.get_num_threads()):
-    ``value`` if it is >= 0, else from the width table."""
+def sparse_max_density(value: float, channels: int) -> float:
+    """The "auto" threshold for a map of ``channels``: ``value`` if it is >= 0, else from the width table."""
     if value >= 0:
         return float(value)
-    one, more = next((t1, t2) for c, t1, t2 in SPARSE_MAX_DENSITY_BY_WIDTH if c is None or channels <= c)
-    return one if threads <= 1 else more
+    return next(t for c, t in SPARSE_MAX_DENSITY_BY_WIDTH if c is None or channels <= c)
 
 __all__ = ["STAGE_ORDER", "EXECUTION_MODES", "SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_BY_WIDTH", "sparse_max_density"]

@@ -24,8 +24,7 @@ def add_sact_model_config(cfg: CN) -> None:
     cfg.MODEL.SACT.HALT_NORM = "BN"  # norm before the halting convs: BN, SyncBN, FrozenBN, GN, "" (none)
     cfg.MODEL.SACT.STAGES = ["res2", "res3", "res4"]  # the adaptive stages; others stay dense
     cfg.MODEL.SACT.EXECUTION = "dense"  # inference path: "dense" (masked), "sparse" (gather/scatter), "auto"
-    # "auto": sparse when an image's active fraction is below this (break-even); -1: by map width and thread count
-    # (constants.py)
+    # "auto": sparse when an image's active fraction is below this (break-even); -1: by map width (constants.py)
     cfg.MODEL.SACT.SPARSE_MAX_DENSITY = SPARSE_MAX_DENSITY
     cfg.MODEL.SACT.HALT_INIT = "variance_scaling"  # halting conv weights: "variance_scaling" (He, as the original) or "zeros"
     cfg.MODEL.SACT.VARIANT = "detectron2"  # "detectron2" (post-activation ResNets) or "original" (the SACT code's networks)
@@ -48,7 +47,7 @@ def validate_sact_cfg(cfg: CN) -> None:
     if int(s.HALT_KERNEL_SIZE) < 1 or int(s.HALT_KERNEL_SIZE) % 2 == 0:
         raise ValueError(f"cfg.MODEL.SACT.HALT_KERNEL_SIZE must be a positive odd integer, got {s.HALT_KERNEL_SIZE}")
     if not (0.0 <= float(s.SPARSE_MAX_DENSITY) <= 1.0 or float(s.SPARSE_MAX_DENSITY) == -1.0):
-        raise ValueError(f"cfg.MODEL.SACT.SPARSE_MAX_DENSITY must be in [0, 1], or -1 (by map width and threads), "
+        raise ValueError(f"cfg.MODEL.SACT.SPARSE_MAX_DENSITY must be in [0, 1], or -1 (by map width), "
                          f"got {s.SPARSE_MAX_DENSITY}")
     if s.HALT_INIT not in VALID_HALT_INITS:
         raise ValueError(f"cfg.MODEL.SACT.HALT_INIT must be one of {VALID_HALT_INITS}, got {s.HALT_INIT!r}")

@@ -92,8 +92,7 @@ class SACTStage(nn.Sequential):
         masks: List[torch.Tensor] = []
         x = x.contiguous(memory_format=torch.channels_last)
         x = dense_folded_forward(sparse.cached_fold(self[0], fold_block), x)
-        per_image = sparse_max_density(self.sparse_max_density, x.shape[1], torch.get_num_threads()) \
-            if self.execution == "auto" else 1.0
+        per_image = sparse_max_density(self.sparse_max_density, x.shape[1]) if self.execution == "auto" else 1.0
         out: Optional[torch.Tensor] = None
         active, density = None, None
         # per-channel sums of the state kept across units (the halting statistics; updated by the native kernels)
