@@ -43,7 +43,8 @@ def test_row_dots(k, with_idx, n, c, two_threads):
     x, wt = _rows(n, c), _rows(k, c, seed=2)
     idx = _idx(n, n // 2) if with_idx else None
     ref = (x if idx is None else x[idx]).double() @ wt.double().t()
-    torch.testing.assert_close(native.row_dots(x, wt, idx).double(), ref, rtol=1e-5, atol=1e-4)
+    atol = 1e-5 if c <= 48 else 1e-4  # fp32 sums of c products: round-off grows with the row length
+    torch.testing.assert_close(native.row_dots(x, wt, idx).double(), ref, rtol=1e-5, atol=atol)
 
 
 @needs_native

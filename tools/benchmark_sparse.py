@@ -467,8 +467,8 @@ def print_breakdown(rows: List[dict]) -> float:
         else:
             print(f"| {r['stage']} | 0 | 1 (dense) | {ms['first']:.1f} | {ms['first']:.1f} | 1 | {ms['halting']:.1f} | - |")
     rest = tot["stage_time"] - tot["first"] - tot["sact"] - tot["halting"] - tot["accumulation"]
-    # what units costing in proportion to their active positions would save (no dilation, no gathers, GEMMs as
-    # fast as the dense convs): the units' share of the gap between time saved and FLOPs saved
+    # what the units that ran would save if they cost in proportion to their active positions (no dilation, no
+    # gathers, GEMMs as fast as the dense convs); units skipped entirely save all their time and are not rows
     proportional = sum((1.0 - r["density"]) * r.get("dense", 0.0) * 1e3 for r in rows if "density" in r)
     print(f"| all units l >= 1 | | | {tot['sact']:.0f} | {tot['dense']:.0f} | "
           f"{tot['sact'] / max(tot['dense'], 1e-9):.2f} | {tot['halting']:.0f} | {tot['accumulation']:.0f} |")

@@ -20,4 +20,5 @@ def sparse_max_density(value: float, channels: int) -> float:
         return float(value)
     return next(t for c, t in SPARSE_MAX_DENSITY_BY_WIDTH if c is None or channels <= c)
 
+
 __all__ = ["STAGE_ORDER", "EXECUTION_MODES", "SPARSE_MAX_DENSITY", "SPARSE_MAX_DENSITY_BY_WIDTH", "sparse_max_density"]
