@@ -10,6 +10,7 @@ from PIL import Image
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(REPO, "tools"))
+os.environ.setdefault("SACT_KEEP_FREED_MEMORY", "0")  # the tools' allocator setting stays out of the test process
 
 import benchmark_detector  # noqa: E402
 import benchmark_sparse  # noqa: E402
@@ -222,6 +223,43 @@ def test_benchmark_detector_replays_masks_and_equalizes_proposals(capsys, traine
 
 
 # ----------------------------------------------------------------------------- benchmark_sparse
+_FAULTS_SCRIPT = """
+import resource, sys
+sys.path.insert(0, sys.argv[1])
+import benchmark_env, torch
+counts = []
+for _ in range(4):  # a 40 MiB tensor (above glibc's largest mmap threshold, 32 MiB), written, freed
+    f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    x = torch.empty(10 << 20)
+    x.fill_(1.0)
+    del x
+    counts.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+print(benchmark_env.KEEP_FREED_MEMORY, *counts)
+"""
+
+
+def test_benchmark_env_keeps_freed_memory_for_reuse():
+    """With SACT_KEEP_FREED_MEMORY=1 a freed 40 MiB buffer is reused without page faults (counted by the kernel);
+    with 0 (glibc's default) every new one faults all its pages again (torch's 2 MiB-aligned THP allocations,
+    the tools' default; 2 MiB or 4 KiB pages, whatever the kernel gives)."""
+    import subprocess
+
+    counts = {}
+    for keep in ("1", "0"):
+        env = dict(os.environ, SACT_KEEP_FREED_MEMORY=keep, THP_MEM_ALLOC_ENABLE="1", OMP_NUM_THREADS="1")
+        out = subprocess.run([sys.executable, "-c", _FAULTS_SCRIPT, os.path.join(REPO, "tools")], env=env,
+                             capture_output=True, text=True, check=True).stdout.split()
+        if keep == "1" and out[0] != "True":
+            pytest.skip("no glibc mallopt here: the setting does not apply")
+        counts[keep] = [int(c) for c in out[1:]]
+    for keep, (first, *_, third, fourth) in counts.items():
+        assert first > 100, (keep, counts)  # the first buffer faults either way
+        if keep == "1":
+            assert max(third, fourth) < 0.05 * first, counts
+        else:
+            assert min(third, fourth) > 0.5 * first, counts
+
+
 def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights):
     """Both parts at toy sizes, the extractor on the masks a (demo) SACT detector produces: every table row."""
     common = ["--threads", "1", "--rounds", "1", "--rounds-extractor", "1", "--densities", "0.5", "1.0",

@@ -33,7 +33,8 @@ from typing import Callable, Dict, List, Optional
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import benchmark_sparse as bs  # noqa: E402  (imports benchmark_env, then sact_det: THP setting, compat patches)
+import benchmark_env  # noqa: E402  (before torch: allocator settings)
+import benchmark_sparse as bs  # noqa: E402  (then sact_det: compat patches)
 import torch  # noqa: E402
 
 from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
@@ -207,7 +208,7 @@ def main(argv=None) -> Dict[str, object]:
                      "load": f"before {before}; after {bs.load_str()}"})
     rows.sort(key=lambda r: args.depths.index(r["depth"]))
     print(f"whole C4 detector (extractor + RPN + box head), {args.images} demo images at {hw[0]}x{hw[1]}, batch 1, "
-          f"fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, {args.clock} clock, {args.rounds} rounds (median per image)")
+          f"fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, {args.clock} clock, {args.rounds} rounds (median per image)")
     for r in rows:
         print(f"  R-{r['depth']}: {r['how']}; extractor FLOPs {r['flops_fraction']:.3f} of dense; {r['load']}")
     print("SACT: RPN and box head with BN folded as in the folded baselines (its backbone folds itself at inference); "

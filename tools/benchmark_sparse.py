@@ -41,7 +41,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-import benchmark_env  # noqa: E402,F401  (before torch: THP_MEM_ALLOC_ENABLE)
+import benchmark_env  # noqa: E402  (before torch: allocator settings)
 import sact_det  # noqa: E402,F401  (compat patches first)
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -146,7 +146,7 @@ def peak_rss_bytes(fn: Callable[[], object]) -> int:
 
 def memory_in_subprocess(argv: List[str], spec: str) -> float:
     """MiB reported by ``--memory-worker spec`` run in a fresh interpreter."""
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536")
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", SACT_KEEP_FREED_MEMORY="0")  # RSS: live memory only
     cmd = [sys.executable, os.path.abspath(__file__), *argv, "--memory-worker", spec]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True)
     lines = [ln for ln in res.stdout.splitlines() if ln.startswith("PEAK ")]
@@ -194,7 +194,7 @@ def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> floa
 def bench_unit(args, argv: List[str]) -> None:
     block, folded, x = _unit_setup(args)
     h, w = args.height, args.width
-    print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, "
+    print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, "
           f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
           f"(threshold {sparse_max_density(args.max_density, 1024)})")
     print(f"    before: {load_str()}")
@@ -494,7 +494,7 @@ def bench_extractor(args, argv: List[str]) -> None:
     dense_flops = backbone_flops(dense_bb, hw, ponder={})  # detectron2's dense extractor of the same widths
     fmt = "channels-last" if args.channels_last else "NCHW"
     print(f"(b) SACT R-{r.DEPTH} C4 extractor vs detectron2 dense R-{r.DEPTH} (stem..res4), {len(images)} demo "
-          f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, THP_MEM_ALLOC_ENABLE={os.environ.get('THP_MEM_ALLOC_ENABLE')}, {args.clock} clock, "
+          f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, {args.clock} clock, "
           f"{args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
           f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
     untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"

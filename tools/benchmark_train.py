@@ -21,7 +21,7 @@ from typing import Dict, List, Tuple
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-import benchmark_env  # noqa: E402,F401  (before torch: THP_MEM_ALLOC_ENABLE)
+import benchmark_env  # noqa: E402  (before torch: allocator settings)
 import sact_det  # noqa: E402,F401
 import torch  # noqa: E402
 from detectron2.utils.events import EventStorage  # noqa: E402
@@ -136,7 +136,7 @@ def main(argv=None) -> Dict[str, object]:
         sys.exit(f"benchmark_train.py: error: {e}")
     fixed = f", box heads on the same {args.fixed_proposals} proposals per image" if args.fixed_proposals else ""
     print(f"training iteration time ({res['sact']['n']} timed iterations each, interleaved, "
-          f"{res['threads']} threads{fixed}, load average {res['load_avg']}):")
+          f"{res['threads']} threads{fixed}, {benchmark_env.describe()}, load average {res['load_avg']}):")
     for name in ("sact", "dense"):
         r = res[name]
         print(f"  {name:5s}: wall median {r['median_s']:.3f} s, mean {r['mean_s']:.3f} s;"
