@@ -283,6 +283,7 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
     every timed part non-negative; the tool's patches are undone afterwards."""
     from argparse import Namespace
 
+    from sact_det.modeling.core.flop_rules import conv_flops, dilate, unit_convs
     from sact_det.modeling.execution import sparse, sparse_halting
 
     before = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_)
@@ -298,6 +299,13 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
     for key, r in ran.items():
         assert abs(r["density"] - expected[key]) < 1e-6
         assert r["sact"] > 0 and r["dense"] > 0
+        # the unit's FLOPs fraction is the library's FLOP counter's (first conv on the dilated mask)
+        block, mask = getattr(sact_bb, key[0])[key[1]], sact_bb.last_ponder[key[0]].masks[key[1] - 1][0, 0]
+        convs = unit_convs(block)
+        n, nd = float(mask.sum()), float(dilate(mask[None])[0].sum())
+        want = (conv_flops(convs[0], nd) + sum(conv_flops(c, n) for c in convs[1:])) \
+            / sum(conv_flops(c, mask.numel()) for c in convs)
+        assert abs(r["flops"] - want) < 1e-9 and r["flops"] >= r["density"] - 1e-9
     assert all(r.get("halting", 0) >= 0 and r.get("accumulation", 0) >= 0 for r in rows)
     for name in sact_bb.adaptive_stages:  # a stage's time holds its parts (unit 0, units, halting, accumulation)
         (head,) = [r for r in rows if r["stage"] == name and r["unit"] == 0]
@@ -311,12 +319,14 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
 
 
 def test_benchmark_sparse_breakdown_compares_units_with_proportional_cost(capsys):
-    """The units' saving against units costing in proportion to their active positions, by hand: two units of a
-    10 ms dense cost at 50 % and 80 % active, run in 7 and 9 ms, save 4 ms of 0.5 * 10 + 0.2 * 10 = 7 ms."""
+    """The units' saving against units costing in proportion to their FLOPs and to their active positions, by hand:
+    two units of a 10 ms dense cost at 50 % and 80 % active (60 % and 90 % of the FLOPs), run in 7 and 9 ms, save
+    4 ms of 0.4 * 10 + 0.1 * 10 = 5 ms (FLOPs) and of 0.5 * 10 + 0.2 * 10 = 7 ms (positions)."""
     rows = [{"stage": "res2", "unit": 0, "first": 0.02, "halting": 0.001, "stage_time": 0.04},
-            {"stage": "res2", "unit": 1, "density": 0.5, "sact": 0.007, "dense": 0.010},
-            {"stage": "res2", "unit": 2, "density": 0.8, "sact": 0.009, "dense": 0.010}]
+            {"stage": "res2", "unit": 1, "density": 0.5, "flops": 0.6, "sact": 0.007, "dense": 0.010},
+            {"stage": "res2", "unit": 2, "density": 0.8, "flops": 0.9, "sact": 0.009, "dense": 0.010}]
     overhead = benchmark_sparse.print_breakdown(rows)
     out = capsys.readouterr().out
-    assert "the units that ran save 4 ms of the 7 ms" in out and "(0.57;" in out
+    assert "the units that ran save 4 ms of the 5 ms that units costing in proportion to their FLOPs" in out
+    assert "(0.80;" in out and "and of the 7 ms in proportion to their active positions (0.57;" in out
     assert abs(overhead - (40 - 20 - 16)) < 1e-9  # halting 1 + the rest 3 (stage 40 - unit 0 20 - units 16 - halting 1)

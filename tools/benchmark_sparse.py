@@ -185,10 +185,17 @@ def _unit_fns(block, folded, x, m, max_density: float):
     return fns, {"inplace_cl": reset, "auto_cl": reset}
 
 
+def flop_fraction(mask: torch.Tensor, macs: Sequence[int]) -> float:
+    """FLOPs sparse / dense of a unit whose convs cost ``macs`` multiply-adds per position: the first conv on the
+    3x3-dilated mask, the others on the mask (the FLOP counter's rule); mask (..., H, W) bool."""
+    m = mask.reshape(-1, 1, *mask.shape[-2:]).float()
+    n, nd = int(m.sum()), int((F.max_pool2d(m, 3, 1, 1) > 0).sum())
+    return (nd * macs[0] + n * sum(macs[1:])) / (m.numel() * sum(macs))
+
+
 def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> float:
-    """FLOPs sparse / dense for a bottleneck: conv1 on the dilated mask, conv2 + conv3 on the mask."""
-    n, nd = int(mask.sum()), int((F.max_pool2d(mask.float(), 3, 1, 1) > 0).sum())
-    return (nd * c * cb + n * (9 * cb * cb + cb * c)) / (mask.numel() * (2 * c * cb + 9 * cb * cb))
+    """FLOPs sparse / dense for a c -> cb -> cb -> c bottleneck (3x3 in the middle) on ``mask``."""
+    return flop_fraction(mask, [c * cb, 9 * cb * cb, cb * c])
 
 
 def bench_unit(args, argv: List[str]) -> None:
@@ -375,7 +382,7 @@ def _torch_only(fn: Callable[[], None]) -> Callable[[], None]:
 def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
                    replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> List[dict]:
     """Where the SACT extractor's time goes (EXECUTION auto). Rows per adaptive stage and unit l >= 1: its mean
-    active fraction, the time of the unit as it ran ("sact"), of the dense folded unit on the same input
+    active fraction ("density"), its FLOPs / the dense unit's (first conv on the dilated mask, "flops"), the time of the unit as it ran ("sact"), of the dense folded unit on the same input
     ("dense", timed right before it after one untimed call), of its halting branch and of its output accumulation;
     row (stage, 0): unit 0 ("first", dense in both), its halting branch, and the whole stage ("stage_time", without
     the dense references). Seconds per image, mean over ``rounds`` (after one warm-up round). ``replay``: the units
@@ -410,6 +417,8 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
         add("dense", CLOCK() - t1)
         where["ref"] += CLOCK() - t0
         add("density", sum(k["density"]) / len(k["density"]))
+        add("flops", flop_fraction(active, [c.mat.numel() for c in folded.convs]) if active.shape[2:] != (1, 1)
+            else sum(k["density"]) / len(k["density"]))
         return timed("sact", saved[0])(folded, x, active, **k)
 
     def first_unit(folded, x):  # unit 0 inside a stage; the stem (outside every stage) is not recorded
@@ -451,9 +460,9 @@ def print_breakdown(rows: List[dict]) -> float:
     """Prints the table of :func:`unit_breakdown`; returns the ms per image of the halting branches, the
     accumulation and the rest of the adaptive stages' work (what SACT spends besides its units)."""
     print("per unit (EXECUTION auto; ms per image, mean over rounds; unit 0 of a stage runs densely on both sides):")
-    print("| stage | unit | active fraction | SACT unit ms | dense folded unit ms | SACT / dense | halting ms "
-          "| accumulation ms |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| stage | unit | active fraction | FLOPs SACT / dense | SACT unit ms | dense folded unit ms | SACT / dense "
+          "| halting ms | accumulation ms |")
+    print("|---|---|---|---|---|---|---|---|---|")
     keys = ("sact", "dense", "halting", "accumulation", "first", "stage_time")
     tot = {k: 0.0 for k in keys}
     for r in rows:
@@ -462,15 +471,19 @@ def print_breakdown(rows: List[dict]) -> float:
             tot[k] += ms[k]
         if "density" in r:
             ratio = f"{ms['sact'] / ms['dense']:.2f}" if ms["dense"] else "-"
-            print(f"| {r['stage']} | {r['unit']} | {r['density']:.2f} | {ms['sact']:.1f} | {ms['dense']:.1f} | {ratio} "
-                  f"| {ms['halting']:.1f} | {ms['accumulation']:.1f} |")
+            print(f"| {r['stage']} | {r['unit']} | {r['density']:.2f} | {r['flops']:.2f} | {ms['sact']:.1f} "
+                  f"| {ms['dense']:.1f} | {ratio} | {ms['halting']:.1f} | {ms['accumulation']:.1f} |")
         else:
-            print(f"| {r['stage']} | 0 | 1 (dense) | {ms['first']:.1f} | {ms['first']:.1f} | 1 | {ms['halting']:.1f} | - |")
+            print(f"| {r['stage']} | 0 | 1 (dense) | 1 | {ms['first']:.1f} | {ms['first']:.1f} | 1 "
+                  f"| {ms['halting']:.1f} | - |")
     rest = tot["stage_time"] - tot["first"] - tot["sact"] - tot["halting"] - tot["accumulation"]
-    # what the units that ran would save if they cost in proportion to their active positions (no dilation, no
-    # gathers, GEMMs as fast as the dense convs); units skipped entirely save all their time and are not rows
-    proportional = sum((1.0 - r["density"]) * r.get("dense", 0.0) * 1e3 for r in rows if "density" in r)
-    print(f"| all units l >= 1 | | | {tot['sact']:.0f} | {tot['dense']:.0f} | "
+    # what the units that ran would save if they cost in proportion to their FLOPs (no gathers, GEMMs as fast as
+    # the dense convs) or to their active positions (no dilated first conv either); units skipped entirely save
+    # all their time and are not rows
+    units = [r for r in rows if "density" in r]
+    by_flops = sum((1.0 - r["flops"]) * r.get("dense", 0.0) * 1e3 for r in units)
+    proportional = sum((1.0 - r["density"]) * r.get("dense", 0.0) * 1e3 for r in units)
+    print(f"| all units l >= 1 | | | | {tot['sact']:.0f} | {tot['dense']:.0f} | "
           f"{tot['sact'] / max(tot['dense'], 1e-9):.2f} | {tot['halting']:.0f} | {tot['accumulation']:.0f} |")
     print(f"adaptive stages: {tot['stage_time']:.0f} ms per image; units l >= 1 save {tot['dense'] - tot['sact']:.0f} ms "
           f"against their dense folded versions; halting {tot['halting']:.0f} ms + accumulation "
@@ -478,9 +491,10 @@ def print_breakdown(rows: List[dict]) -> float:
           f"initialisation, masks, dispatch) are spent in their place")
     if proportional > 0:
         saved = tot["dense"] - tot["sact"]
-        print(f"the units that ran save {saved:.0f} ms of the {proportional:.0f} ms that units costing in proportion "
-              f"to their active positions would save ({saved / proportional:.2f}; lost to the 3x3-dilated first conv, "
-              f"the gathers and GEMMs slower than the dense convs)")
+        print(f"the units that ran save {saved:.0f} ms of the {by_flops:.0f} ms that units costing in proportion "
+              f"to their FLOPs would save ({saved / max(by_flops, 1e-9):.2f}; lost to the gathers and GEMMs slower "
+              f"than the dense convs), and of the {proportional:.0f} ms in proportion to their active positions "
+              f"({saved / proportional:.2f}; the 3x3-dilated first conv costs the difference)")
     return tot["halting"] + tot["accumulation"] + rest
 
 
