@@ -135,7 +135,7 @@ def test_shared_constants():
     assert C.STAGE_ORDER == ("res2", "res3", "res4", "res5")
     assert C.EXECUTION_MODES == ("dense", "sparse", "auto") and C.SPARSE_MAX_DENSITY == -1.0
     # -1: the threshold follows the map width (R-50's res2 / res3 / res4 / res5); a value >= 0 applies as given
-    assert [C.sparse_max_density(-1.0, c) for c in (64, 256, 512, 1024, 2048)] == [0.7, 0.7, 0.7, 0.8, 0.8]
+    assert [C.sparse_max_density(-1.0, c) for c in (64, 256, 512, 1024, 2048)] == [0.65, 0.65, 0.7, 0.8, 0.8]
     assert C.sparse_max_density(0.6, 1024) == 0.6 and C.sparse_max_density(0.0, 256) == 0.0
     cfg = get_sact_cfg()
     cfg.MODEL.SACT.STAGES = ["res2", "res5"]
