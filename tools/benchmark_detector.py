@@ -208,7 +208,8 @@ def main(argv=None) -> Dict[str, object]:
                      "load": f"before {before}; after {bs.load_str()}"})
     rows.sort(key=lambda r: args.depths.index(r["depth"]))
     print(f"whole C4 detector (extractor + RPN + box head), {args.images} demo images at {hw[0]}x{hw[1]}, batch 1, "
-          f"fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, {args.clock} clock, {args.rounds} rounds (median per image)")
+          f"fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, {args.clock} clock, {args.rounds} rounds "
+          f"(median per image)")
     for r in rows:
         print(f"  R-{r['depth']}: {r['how']}; extractor FLOPs {r['flops_fraction']:.3f} of dense; {r['load']}")
     print("SACT: RPN and box head with BN folded as in the folded baselines (its backbone folds itself at inference); "

@@ -7,8 +7,8 @@ Both sides of every comparison run in the same process with the same settings:
 * Freed memory stays in the process (``SACT_KEEP_FREED_MEMORY=1``: glibc's ``mallopt``, no mmap'd chunks and no
   trimming of the heap): a 38 MB feature map freed by one layer is reused by the next without page faults. glibc
   otherwise gives large freed blocks back to the OS (every block above 32 MiB is a fresh mmap, unmapped on free),
-  so each such map page-faults again; on a VM with free page reporting (virtio-balloon, as on the machine of docs/results/) those faults also
-  wait for the host and vary several-fold between calls.
+  so each such map page-faults again; on a VM with free page reporting (virtio-balloon, as on the machine of
+  docs/results/) those faults also wait for the host and vary several-fold between calls.
 
 ``THP_MEM_ALLOC_ENABLE=0`` / ``SACT_KEEP_FREED_MEMORY=0`` in the environment measure without them.
 """

@@ -201,8 +201,8 @@ def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> floa
 def bench_unit(args, argv: List[str]) -> None:
     block, folded, x = _unit_setup(args)
     h, w = args.height, args.width
-    print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, "
-          f"{args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
+    print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, "
+          f"{benchmark_env.describe()}, {args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
           f"(threshold {sparse_max_density(args.max_density, 1024)})")
     print(f"    before: {load_str()}")
     rows = []
@@ -382,8 +382,9 @@ def _torch_only(fn: Callable[[], None]) -> Callable[[], None]:
 def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
                    replay: Optional[List[Dict[str, List[torch.Tensor]]]] = None) -> List[dict]:
     """Where the SACT extractor's time goes (EXECUTION auto). Rows per adaptive stage and unit l >= 1: its mean
-    active fraction ("density"), its FLOPs / the dense unit's (first conv on the dilated mask, "flops"), the time of the unit as it ran ("sact"), of the dense folded unit on the same input
-    ("dense", timed right before it after one untimed call), of its halting branch and of its output accumulation;
+    active fraction ("density"), its FLOPs / the dense unit's (first conv on the dilated mask, "flops"), the time
+    of the unit as it ran ("sact"), of the dense folded unit on the same input ("dense", timed right before it
+    after one untimed call), of its halting branch and of its output accumulation;
     row (stage, 0): unit 0 ("first", dense in both), its halting branch, and the whole stage ("stage_time", without
     the dense references). Seconds per image, mean over ``rounds`` (after one warm-up round). ``replay``: the units
     run on these masks (:func:`run_images`)."""
@@ -508,8 +509,8 @@ def bench_extractor(args, argv: List[str]) -> None:
     dense_flops = backbone_flops(dense_bb, hw, ponder={})  # detectron2's dense extractor of the same widths
     fmt = "channels-last" if args.channels_last else "NCHW"
     print(f"(b) SACT R-{r.DEPTH} C4 extractor vs detectron2 dense R-{r.DEPTH} (stem..res4), {len(images)} demo "
-          f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, {benchmark_env.describe()}, {args.clock} clock, "
-          f"{args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
+          f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, "
+          f"{benchmark_env.describe()}, {args.clock} clock, {args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
           f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
     untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
     replay = replayed_masks(args, len(images), hw) if args.replay_weights else None
