@@ -49,6 +49,7 @@ from detectron2.layers import FrozenBatchNorm2d  # noqa: E402
 from detectron2.modeling.backbone.resnet import BottleneckBlock  # noqa: E402
 
 from sact_det.config.constants import SPARSE_MAX_DENSITY, sparse_max_density  # noqa: E402
+from sact_det.modeling.core.flop_rules import dilate  # noqa: E402
 from sact_det.modeling.execution import native, sparse  # noqa: E402
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting  # noqa: E402
 from sact_det.modeling.execution.fold import fold_norms, folded_resnet_forward  # noqa: E402
@@ -187,10 +188,9 @@ def _unit_fns(block, folded, x, m, max_density: float):
 
 def flop_fraction(mask: torch.Tensor, macs: Sequence[int]) -> float:
     """FLOPs sparse / dense of a unit whose convs cost ``macs`` multiply-adds per position: the first conv on the
-    3x3-dilated mask, the others on the mask (the FLOP counter's rule); mask (..., H, W) bool."""
-    m = mask.reshape(-1, 1, *mask.shape[-2:]).float()
-    n, nd = int(m.sum()), int((F.max_pool2d(m, 3, 1, 1) > 0).sum())
-    return (nd * macs[0] + n * sum(macs[1:])) / (m.numel() * sum(macs))
+    3x3-dilated mask (the counter's :func:`dilate`), the others on the mask; mask (..., H, W) bool."""
+    n, nd = int(mask.sum()), int(dilate(mask).sum())
+    return (nd * macs[0] + n * sum(macs[1:])) / (mask.numel() * sum(macs))
 
 
 def unit_flop_fraction(mask: torch.Tensor, c: int = 1024, cb: int = 256) -> float:
@@ -202,8 +202,8 @@ def bench_unit(args, argv: List[str]) -> None:
     block, folded, x = _unit_setup(args)
     h, w = args.height, args.width
     print(f"(a) res4 bottleneck 1024->256->256->1024, input 1x1024x{h}x{w}, fp32, {torch.get_num_threads()} threads, "
-          f"{benchmark_env.describe()}, {args.clock} clock, blob masks, {args.rounds} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density} "
-          f"(threshold {sparse_max_density(args.max_density, 1024)})")
+          f"{benchmark_env.describe()}, {args.clock} clock, blob masks, {args.rounds} rounds (median), "
+          f"auto SPARSE_MAX_DENSITY={args.max_density} (threshold {sparse_max_density(args.max_density, 1024)})")
     print(f"    before: {load_str()}")
     rows = []
     with torch.no_grad():
@@ -417,9 +417,10 @@ def unit_breakdown(sact_bb, images, max_density: float, rounds: int,
         dense_folded_forward(folded, x)
         add("dense", CLOCK() - t1)
         where["ref"] += CLOCK() - t0
-        add("density", sum(k["density"]) / len(k["density"]))
-        add("flops", flop_fraction(active, [c.mat.numel() for c in folded.convs]) if active.shape[2:] != (1, 1)
-            else sum(k["density"]) / len(k["density"]))
+        density = sum(k["density"]) / len(k["density"])
+        add("density", density)
+        macs = [c.mat.numel() for c in folded.convs]
+        add("flops", density if active.shape[2:] == (1, 1) else flop_fraction(active, macs))
         return timed("sact", saved[0])(folded, x, active, **k)
 
     def first_unit(folded, x):  # unit 0 inside a stage; the stem (outside every stage) is not recorded
@@ -510,8 +511,8 @@ def bench_extractor(args, argv: List[str]) -> None:
     fmt = "channels-last" if args.channels_last else "NCHW"
     print(f"(b) SACT R-{r.DEPTH} C4 extractor vs detectron2 dense R-{r.DEPTH} (stem..res4), {len(images)} demo "
           f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, "
-          f"{benchmark_env.describe()}, {args.clock} clock, {args.rounds_extractor} rounds (median), auto SPARSE_MAX_DENSITY={args.max_density}; "
-          f"dense: {dense_flops / 1e9:.1f} GFLOPs/image")
+          f"{benchmark_env.describe()}, {args.clock} clock, {args.rounds_extractor} rounds (median), "
+          f"auto SPARSE_MAX_DENSITY={args.max_density}; dense: {dense_flops / 1e9:.1f} GFLOPs/image")
     untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
     replay = replayed_masks(args, len(images), hw) if args.replay_weights else None
     if replay is not None:
