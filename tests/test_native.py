@@ -15,6 +15,9 @@ needs_native = pytest.mark.skipif(not native.available(), reason="native kernels
                                   "not Linux x86-64, or SACT_NATIVE=0): the sparse path runs on torch only")
 
 
+_halting_step = native.halting_step
+
+
 def _rows(n: int, c: int, seed: int = 0) -> torch.Tensor:
     return torch.randn(n, c, generator=torch.Generator().manual_seed(seed))
 
@@ -168,6 +171,14 @@ def test_axpy_rows(n, c, m, two_threads):
 
 
 @needs_native
+@pytest.mark.parametrize("n,c", [(120, 16), (5000, 64), (7, 13)], ids=["small", "parallel", "odd-width"])
+def test_weighted_sum(n, c, two_threads):
+    a, b, wa, wb = _rows(n, c), _rows(n, c, seed=4), torch.rand(n), torch.rand(n)
+    expected = wa.double()[:, None] * a.double() + wb.double()[:, None] * b.double()
+    torch.testing.assert_close(native.weighted_sum(a, wa, b, wb).double(), expected, rtol=1e-6, atol=1e-6)
+
+
+@needs_native
 def test_bad_input_is_refused():
     x = _rows(10, 8)
     with pytest.raises(IndexError):
@@ -182,6 +193,38 @@ def test_bad_input_is_refused():
         native.channel_sums(x.t())  # not contiguous rows
     with pytest.raises(ValueError, match="at most"):
         native.channel_sums(_rows(2, native.SUMS_MAX_CHANNELS + 8))
+
+
+@needs_native
+@pytest.mark.parametrize("shape", [(2, 1, 9, 13), (3, 1, 1, 1)], ids=["sact", "act"])
+def test_halting_step_equals_the_torch_state(shape, monkeypatch):
+    """SparseHaltingState (one native pass per step) gives HaltingState's weights, masks, N, R and cumsum
+    bit for bit, including scores that reach 1 - eps exactly and the forced last step; masks handed out
+    earlier stay as they were."""
+    from sact_det.modeling.execution.sparse_halting import SparseHaltingState
+    from sact_det.modeling.halting.state import HaltingState
+
+    g = torch.Generator().manual_seed(3)
+    exact = torch.tensor([0.5, 0.49, 0.25, 0.0, 1.0])  # 0.5 + 0.49 = 0.99 = 1 - eps: halts on the threshold
+    scores = [torch.where(torch.rand(shape, generator=g) < 0.3, exact[torch.randint(5, shape, generator=g)],
+                          torch.rand(shape, generator=g) * 0.6) for _ in range(4)]
+    scores[0].view(-1)[0], scores[1].view(-1)[0] = 0.5, 0.49
+    ref, fast = HaltingState(eps=0.01), SparseHaltingState(eps=0.01)
+    calls = []
+    monkeypatch.setattr(native, "halting_step", lambda *a: calls.append(1) or _halting_step(*a))
+    masks = []
+    with torch.no_grad():
+        for i, h in enumerate([*scores, None]):
+            last = h is None
+            w_ref = ref.step(h, last=last, like=scores[0])
+            w_fast = fast.step(h, last=last, like=scores[0])
+            assert torch.equal(w_fast, w_ref) and torch.equal(fast.active, ref.active)
+            assert torch.equal(fast.cumsum, ref.cumsum)
+            masks.append((fast.active, fast.active.clone()))
+    assert ref.num_units.view(-1)[0] == 2 and ref.remainder.view(-1)[0] == pytest.approx(0.5)  # halted at unit 2
+    assert torch.equal(fast.ponder_cost, ref.ponder_cost) and torch.equal(fast.num_units, ref.num_units)
+    assert all(torch.equal(m, kept) for m, kept in masks)
+    assert fast.finished and len(calls) == 5  # every step ran natively
 
 
 @needs_native
@@ -279,6 +322,38 @@ def test_gn_halting_stage_sparse_equals_masked_dense(native_on, monkeypatch):
         for k, (rho, masks) in ponder.items():
             torch.testing.assert_close(pon[k][0], rho, atol=1e-5, rtol=1e-4)
             assert all(torch.equal(a, b) for a, b in zip(pon[k][1], masks))
+
+
+@needs_native
+def test_stage_output_fused_after_a_dense_second_unit(monkeypatch):
+    """When unit 1 runs densely (every position still active), the stage output p^0 x^0 + p^1 x^1 is written in
+    one pass (weighted_sum, once per stage) and equals the masked dense path's."""
+    from detectron2.modeling import build_backbone
+
+    from sact_det.modeling.execution import sparse_halting
+    from sact_det.modeling.halting.branches import SpatialHalting
+    from tests.helpers import randomize_bn, tiny_cfg
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(depth=50)
+    cfg.MODEL.SACT.HALT_NORM = "GN"
+    bb = build_backbone(cfg).eval()
+    randomize_bn(bb)
+    for m in bb.modules():
+        if isinstance(m, SpatialHalting):
+            m.local_conv.bias.data.fill_(-1.0)  # h ~ 0.3: nothing halts after unit 0, some positions later
+    calls = []
+    fused = sparse_halting.weighted_sum
+    monkeypatch.setattr(sparse_halting, "weighted_sum", lambda *a: calls.append(1) or fused(*a))
+    x = torch.randn(1, 3, 64, 96)
+    with torch.no_grad():
+        bb.set_execution("dense")
+        ref = bb(x)
+        bb.set_execution("auto", 0.5)
+        got = bb(x)
+    assert len(calls) == len(bb.adaptive_stages)
+    for k in ref:
+        torch.testing.assert_close(got[k], ref[k], atol=1e-4 * float(ref[k].abs().max()), rtol=1e-4)
 
 
 def _probe(tmp_path, **env):

@@ -25,32 +25,33 @@ from detectron2.layers import FrozenBatchNorm2d
 
 from ..core.norms import inference_affine
 from ..halting.branches import SpatialHalting, shift_sum
-from ..halting.state import state_dtype
+from ..halting.state import HaltingState, state_dtype
 from .fold import rows_linear
 from . import native
 from .gather import MapStats, MapView, active_density, dilate, neighbour_index
 
-__all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting"]
+__all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting", "SparseHaltingState", "fusable_sum",
+           "weighted_sum"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
 NATIVE_GATHER_TAPS_BELOW = 0.4  # the same with the native dot kernel (reads the rows in place: no gathered copy)
 NATIVE_ACCUMULATE_BELOW = 0.5  # active fraction below which the native kernel accumulates (else a dense pass)
 
 
-def _group_norm_affine(norm: nn.GroupNorm, mean: torch.Tensor, var: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """(a, d), each (B,C), with GroupNorm(x) = a * x + d per (image, channel); mean, var: (B,C) per-channel
-    map statistics, combined per group in float64."""
-    B, C = mean.shape
+def _group_norm_affine(norm: nn.GroupNorm, s1: torch.Tensor, s2: torch.Tensor,
+                       n: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    """(a, d), each (B,C) float64, with GroupNorm(x) = a * x + d per (image, channel); s1, s2: (B,C) float64
+    per-channel sums and sums of squares of the n positions of each map (combined per group)."""
+    B, C = s1.shape
     g = norm.num_groups
-    m64, v64 = mean.double().view(B, g, -1), var.double().view(B, g, -1)
-    gm = m64.mean(2, keepdim=True)
-    gv = (v64 + m64 ** 2).mean(2, keepdim=True) - gm ** 2  # E[x^2] - E[x]^2 over the group
-    rstd = torch.rsqrt(gv.clamp_min(0) + norm.eps).expand(B, g, C // g).reshape(B, C)
-    gm = gm.expand(B, g, C // g).reshape(B, C)
-    w = norm.weight.double() if norm.weight is not None else 1.0
-    b = norm.bias.double() if norm.bias is not None else 0.0
-    a = rstd * w
-    return a.to(mean.dtype), (b - gm * a).to(mean.dtype)
+    count = n * (C // g)
+    gm = s1.view(B, g, -1).sum(2) / count
+    rstd = (s2.view(B, g, -1).sum(2) / count - gm * gm).clamp_min_(0).add_(norm.eps).rsqrt_()  # E[x^2] - E[x]^2
+    a = rstd.repeat_interleave(C // g, 1)
+    if norm.weight is not None:
+        a = a * norm.weight.detach().double()
+    d = gm.repeat_interleave(C // g, 1).mul_(a).neg_()
+    return a, d if norm.bias is None else d.add_(norm.bias.detach().double())
 
 
 def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
@@ -65,6 +66,23 @@ def _fixed_affine(norm: nn.Module, weight: torch.Tensor) -> Optional[Tuple[torch
     if fixed is None:
         raise ValueError(f"sparse_halting: unsupported halting norm {type(norm).__name__} (or in training mode)")
     return fixed
+
+
+def _global_logit(halting: SpatialHalting, mean: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The pooled branch, global_conv(global_norm(pooled)): (B,) float64 from the (B,C) float64 channel means of
+    the map. Closed form in float64 for GroupNorm / fixed-affine norms on a float32 / float64 map (the pooled
+    means rounded to the map's dtype first, as the dense branch pools in it); else the modules, in ``dtype``."""
+    norm, conv = halting.global_norm, halting.global_conv
+    B, C = mean.shape
+    if dtype not in (torch.float32, torch.float64):
+        return conv(norm(mean.to(dtype).view(B, C, 1, 1))).view(B).double()
+    pooled = mean.to(dtype).double()
+    if isinstance(norm, nn.GroupNorm):  # statistics over each group's channels of the 1x1 map
+        a, d = _group_norm_affine(norm, pooled, pooled * pooled, 1)
+    else:
+        a, d = (t.detach().double() for t in _fixed_affine(norm, conv.weight))
+    z = (pooled * a + d) @ conv.weight.detach().view(C).double()
+    return z if conv.bias is None else z + float(conv.bias)
 
 
 def _channel_sums(x: MapView, need_var: bool = True,
@@ -98,18 +116,11 @@ def _channel_sums(x: MapView, need_var: bool = True,
     return s1, s2
 
 
-def _moments(s1: torch.Tensor, s2: Optional[torch.Tensor], n: int,
-             dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """Mean and biased variance (None without ``s2``) per channel from the float64 sums of n positions."""
-    mean = s1 / n
-    return mean.to(dtype), None if s2 is None else (s2 / n - mean ** 2).clamp_min(0).to(dtype)
-
-
-def _map_moments(views: List[MapView], need_var: bool, stats: Optional[MapStats],
-                 dtype: torch.dtype) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    """(B, C) per-channel means and variances (None unless ``need_var``) of each map: from ``stats`` where they
-    are valid, else one pass over the map (whose sums are then stored in ``stats``)."""
-    means, variances = [], []
+def _map_sums(views: List[MapView], need_var: bool,
+              stats: Optional[MapStats]) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """(B, C) float64 per-channel sums and sums of squares (None unless ``need_var``) of each map: from ``stats``
+    where they are valid, else one pass over the map (whose sums are then stored in ``stats``)."""
+    sums, squares = [], []
     for b, v in enumerate(views):
         if stats is not None and stats.valid[b]:
             s1, s2 = stats.sums[b]
@@ -118,10 +129,9 @@ def _map_moments(views: List[MapView], need_var: bool, stats: Optional[MapStats]
             if stats is not None:
                 stats.sums[b, 0], stats.sums[b, 1] = s1, s2
                 stats.valid[b] = True
-        mean, var = _moments(s1, s2 if need_var else None, v.all_rows().shape[0], dtype)
-        means.append(mean)
-        variances.append(var)
-    return torch.stack(means), torch.stack(variances) if need_var else None
+        sums.append(s1)
+        squares.append(s2)
+    return torch.stack(sums), torch.stack(squares) if need_var else None
 
 
 def _taps(rows: torch.Tensor, wt: torch.Tensor, idx: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -175,20 +185,19 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         # the pooled branch is linear in the map mean: one more GEMM column, mean(x_rows @ (wg*ag)) + sum(wg*dg)
         wg = halting.global_conv.weight.reshape(C).to(acc)
         gcol, gconst = wg * fixed_global[0].to(acc), (wg * fixed_global[1].to(acc)).sum()
-        mean = var = None
+        s1 = s2 = None
     else:
         need_var = isinstance(halting.local_norm, nn.GroupNorm)  # other norms: a, d do not depend on the map
-        mean, var = _map_moments(views, need_var, stats, acc)  # (B,C) each; a pass over a map without valid stats
-        pooled = mean.to(x.dtype).view(B, C, 1, 1)  # as the dense branch (which pools in x's dtype)
-        glob = halting.global_conv(halting.global_norm(pooled)).view(B).to(acc)
+        s1, s2 = _map_sums(views, need_var, stats)  # (B,C) float64; a pass over a map without valid stats
+        glob = _global_logit(halting, s1 / hw, x.dtype).to(acc)
     fixed_local = _fixed_affine(halting.local_norm, conv.weight)
-    a, d = (t.expand(B, C) for t in fixed_local) if fixed_local is not None else \
-        _group_norm_affine(halting.local_norm, mean, var)
-    w = conv.weight.reshape(C, k2).to(acc)
+    a, d = (t.detach().double().expand(B, C) for t in fixed_local) if fixed_local is not None else \
+        _group_norm_affine(halting.local_norm, s1, s2, hw)
+    w = conv.weight.detach().reshape(C, k2).double()
     h = x.new_zeros(B, hw, dtype=acc)
-    a, d = a.to(acc), d.to(acc)
     for b in range(B):
-        wa, const = w * a[b][:, None], (w * d[b][:, None]).sum(0)  # const: the norm's shift through the conv
+        # wa (C, k2): the conv weight times the norm's scale; const (k2,): the norm's shift through the conv
+        wa, const = (w * a[b][:, None]).to(acc), (d[b] @ w).to(acc)
         m = None if active is None else active[b, 0]
         if dens[b] == 0:
             continue
@@ -206,11 +215,11 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
         # every position: taps (k2 [+1], HW) = [w*a, wg*ag]^T @ x^T (one skinny GEMM: oneDNN on fp32 CPU
         # channel-last rows, else torch.mm in the orientation fastest for it), then the conv as k2 shifted
         # sums; the norm's shift counts only for in-map neighbours
-        cols = (wa if mean is not None else torch.cat([wa, gcol[:, None]], 1)).to(x.dtype)
+        cols = (wa if s1 is not None else torch.cat([wa, gcol[:, None]], 1)).to(x.dtype)
         rows = views[b].all_rows()
         if views[b].native_rows and native.usable(h) and C % 8 == 0:  # the taps, then the logits in native passes
             taps = _taps(rows, cols.t().contiguous()).contiguous()  # (HW, k2 [+1])
-            g = glob[b] if mean is not None else taps[:, k2].mean() + gconst
+            g = glob[b] if s1 is not None else taps[:, k2].mean() + gconst
             native.tap_logits(taps, H, W, const.contiguous(), float(conv.bias[0] + g),
                               None if m is None else m.reshape(-1), h[b]).sigmoid_()  # -inf -> 0 off the mask
             continue
@@ -218,7 +227,7 @@ def sparse_halting(halting: SpatialHalting, x: torch.Tensor, active: Optional[to
             taps = _taps(rows, cols.t().contiguous()).t().to(acc)
         else:
             taps = torch.mm(cols.t(), rows.t()).to(acc)
-        g = glob[b] if mean is not None else taps[k2].mean() + gconst
+        g = glob[b] if s1 is not None else taps[k2].mean() + gconst
         z = shift_sum(taps[:k2].view(k2, H, W), p) + shift_sum(const.view(k2, 1, 1).expand(k2, H, W), p)
         z = torch.sigmoid(z.view(-1) + (conv.bias[0] + g))
         h[b] = z if m is None else z.masked_fill_(~m.reshape(-1), 0.0)
@@ -251,3 +260,37 @@ def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
         rows.addcmul_(weight[b].reshape(-1).index_select(0, aidx)[:, None], xv.gather_plain(aidx))
         o.scatter(aidx, rows)
     return out
+
+
+def fusable_sum(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether :func:`weighted_sum` takes maps like x (B,C,H,W) with per-position weights like ``weight``
+    (B,1,H,W): channels-last fp32 CPU maps and float32 weights, native kernels available."""
+    return x.dim() == 4 and weight.shape == (x.shape[0], 1, *x.shape[2:]) and x.shape[0] > 0 \
+        and MapView(x[0]).native_rows and weight.is_contiguous() and native.usable(weight)
+
+
+def weighted_sum(x0: torch.Tensor, w0: torch.Tensor, x1: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
+    """w0 * x0 + w1 * x1 in one native pass per image: x0, x1 (B,C,H,W) channels-last, w0, w1 (B,1,H,W) (see
+    :func:`fusable_sum`) -> a new channels-last (B,C,H,W) tensor. A stage's output after its first two units when
+    the second ran densely (x0 intact): one pass instead of ``out = w0 * x0`` and ``out += w1 * x1``."""
+    out = torch.empty_like(x0, memory_format=torch.channels_last)
+    for b in range(x0.shape[0]):
+        native.weighted_sum(MapView(x0[b]).mat, w0[b].reshape(-1), MapView(x1[b]).mat, w1[b].reshape(-1),
+                            MapView(out[b]).mat)
+    return out
+
+class SparseHaltingState(HaltingState):
+    """:class:`.HaltingState` for the sparse inference path: each step in one native pass (:func:`.native.halting_step`)
+    on float32 CPU state without autograd, instead of a dozen torch operations over the score map; the same
+    float32 arithmetic, so the same values. Falls back to :meth:`HaltingState.step` elsewhere."""
+
+    def step(self, h: Optional[torch.Tensor], last: bool = False, like: Optional[torch.Tensor] = None) -> torch.Tensor:
+        if self.cumsum is None and h is not None and not self.finished:
+            self._start(h)
+        if self.cumsum is None or self.finished or (h is None and not last) \
+                or not native.usable(self.cumsum, *(() if last else (h.to(self.cumsum.dtype),))):
+            return super().step(h, last, like)
+        weight, self.active = native.halting_step(None if last else h.to(self.cumsum.dtype).contiguous(), self.cumsum,
+                                                  self.active, self.num_units, self.remainder, self.eps, last)
+        self.finished = last
+        return weight

@@ -86,10 +86,7 @@ class HaltingState:
         if ref is None:
             raise ValueError("the first step needs a halting score (or `like`) to know the shape")
         if self.cumsum is None:
-            self.cumsum = torch.zeros(ref.shape, dtype=state_dtype(ref.dtype), device=ref.device)
-            self.active = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
-            self.num_units = torch.zeros_like(self.cumsum)
-            self.remainder = torch.zeros_like(self.cumsum)
+            self._start(ref)
         if h is not None:
             h = h.to(self.cumsum.dtype)  # accumulate bf16 / fp16 scores in float32 (differentiable cast)
         active = self.active
@@ -112,6 +109,13 @@ class HaltingState:
         if last:
             self.finished = True
         return weight
+
+    def _start(self, ref: torch.Tensor) -> None:
+        """The state before the first unit, shaped like ``ref``: nothing accumulated, every position active."""
+        self.cumsum = torch.zeros(ref.shape, dtype=state_dtype(ref.dtype), device=ref.device)
+        self.active = torch.ones(ref.shape, dtype=torch.bool, device=ref.device)
+        self.num_units = torch.zeros_like(self.cumsum)
+        self.remainder = torch.zeros_like(self.cumsum)
 
     @property
     def ponder_cost(self) -> torch.Tensor:

@@ -31,7 +31,8 @@ from typing import Optional
 import torch
 
 __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index",
-           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
+           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows",
+           "halting_step", "weighted_sum", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
@@ -104,6 +105,8 @@ def _build() -> Optional[ctypes.CDLL]:
         "sd_copy_rows": (i32, [p, p, i64, i64, p, i64, i32]),
         "sd_residual_scatter": (i32, [p, p, i64, i64, p, i64, p, p, p, i32]),
         "sd_axpy_rows": (i32, [p, p, p, i64, i64, p, i64, i32]),
+        "sd_halting_step": (i32, [p, p, p, p, p, p, p, i64, ctypes.c_double, i32]),
+        "sd_weighted_sum": (i32, [p, p, p, p, p, i64, i64, i32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(handle, name)
@@ -294,3 +297,36 @@ def axpy_rows(out: torch.Tensor, x: torch.Tensor, w: torch.Tensor, idx: torch.Te
     rc = library().sd_axpy_rows(out.data_ptr(), x.data_ptr(), w.data_ptr(), out.shape[0], out.shape[1],
                                 idx.data_ptr(), idx.numel(), _threads())
     _check(rc, "axpy_rows", out.shape[0])
+
+
+def halting_step(h: Optional[torch.Tensor], cumsum: torch.Tensor, active: torch.Tensor, num_units: torch.Tensor,
+                 remainder: torch.Tensor, eps: float, last: bool):
+    """One SACT halting step in one pass (what :meth:`...halting.state.HaltingState.step` computes): h the scores
+    (None when ``last``), cumsum / num_units / remainder float32 updated in place, active bool (kept: the caller
+    records it); all of one shape, contiguous CPU. Returns (weight, new_active): fresh float32 / bool tensors."""
+    state = (cumsum, num_units, remainder) if h is None else (h, cumsum, num_units, remainder)
+    if not usable(*state) or active.dtype != torch.bool or not active.is_contiguous() \
+            or any(t.shape != cumsum.shape for t in (*state, active)):
+        raise ValueError("halting_step: contiguous float32 CPU state tensors and a bool mask of one shape needed")
+    weight, new_active = torch.empty_like(cumsum), torch.empty_like(active)
+    library().sd_halting_step(_ptr(h), cumsum.data_ptr(), active.data_ptr(), new_active.data_ptr(),
+                              num_units.data_ptr(), remainder.data_ptr(), weight.data_ptr(), cumsum.numel(),
+                              float(eps), int(last))
+    return weight, new_active
+
+
+def weighted_sum(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor,
+                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """wa * a + wb * b in one pass: a, b (n, c) rows, wa, wb (n,) one weight per row -> ``out`` (n, c) (a new
+    tensor if None); returns out."""
+    _rows(a, "a")
+    _rows(b, "b")
+    out = torch.empty_like(a) if out is None else out
+    _rows(out, "out")
+    if a.shape != b.shape or out.shape != a.shape or wa.shape != (a.shape[0],) or wb.shape != wa.shape \
+            or not usable(wa, wb):
+        raise ValueError(f"weighted_sum: a {tuple(a.shape)}, b {tuple(b.shape)}, out {tuple(out.shape)}, "
+                         f"wa {tuple(wa.shape)}, wb {tuple(wb.shape)}")
+    library().sd_weighted_sum(out.data_ptr(), a.data_ptr(), wa.data_ptr(), b.data_ptr(), wb.data_ptr(), a.shape[0],
+                              a.shape[1], _threads())
+    return out

@@ -330,3 +330,49 @@ int sd_axpy_rows(float *out, const float *x, const float *w, int64_t n, int64_t 
     }
     return 0;
 }
+
+/* One step of the SACT halting state over n positions (the arithmetic of halting/state.py, HaltingState.step,
+ * in one pass): h the unit's scores (ignored when last); cumsum, num_units, remainder updated in place; active
+ * (bytes) read, new_active written (may not alias active: the old mask is kept by the caller); weight the unit's
+ * output weight p. All float32 except the masks; the comparison is against (float)(1 - eps) as in torch. */
+int sd_halting_step(const float *h, float *cumsum, const uint8_t *active, uint8_t *new_active, float *num_units,
+                    float *remainder, float *weight, int64_t n, double eps, int last) {
+    const float thresh = (float)(1.0 - eps);
+    for (int64_t i = 0; i < n; i++) {
+        int act = active[i] != 0, halting, running;
+        float rem = 1.0f - cumsum[i];
+        if (last) {
+            halting = act;
+            running = 0;
+        } else {
+            float nc = cumsum[i] + h[i];
+            halting = act && nc >= thresh;
+            running = act && !halting;
+            if (running) cumsum[i] = nc;
+        }
+        weight[i] = running ? h[i] : (halting ? rem : 0.0f);
+        num_units[i] += (float)act;
+        if (halting) remainder[i] = rem;
+        new_active[i] = (uint8_t)(act && !halting);
+    }
+    return 0;
+}
+
+/* out = wa * a + wb * b over n rows of c floats, one weight per row (wa, wb: n floats): a stage's output after
+ * its first two units in one pass (instead of out = wa * a, then out += wb * b). */
+int sd_weighted_sum(float *out, const float *a, const float *wa, const float *b, const float *wb, int64_t n,
+                    int64_t c, int nt) {
+    #pragma omp parallel num_threads(threads_for(nt, n * c))
+    {
+        int64_t lo, hi;
+        my_range(n, &lo, &hi);
+        for (int64_t i = lo; i < hi; i++) {
+            float u = wa[i], v = wb[i], *o = out + i * c;
+            const float *p = a + i * c, *q = b + i * c;
+            prefetch_row(a, i, hi, c);
+            prefetch_row(b, i, hi, c);
+            for (int64_t j = 0; j < c; j++) o[j] = u * p[j] + v * q[j];
+        }
+    }
+    return 0;
+}
