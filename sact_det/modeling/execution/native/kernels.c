@@ -22,7 +22,15 @@ typedef float vf __attribute__((vector_size(V * sizeof(float))));
 
 static inline vf loadu(const float *p) { vf v; memcpy(&v, p, sizeof v); return v; }
 static inline void storeu(float *p, vf v) { memcpy(p, &v, sizeof v); }
-static inline float hsum(vf v) { float s = 0.f; for (int i = 0; i < V; i++) s += v[i]; return s; }
+typedef float vf4 __attribute__((vector_size(4 * sizeof(float))));
+/* The sum of the 8 lanes as a tree (halves added: 8 -> 4 -> 2 -> 1), not 8 dependent scalar adds. */
+static inline float hsum(vf v) {
+    vf4 lo, hi;
+    memcpy(&lo, &v, sizeof lo);
+    memcpy(&hi, (const char *)&v + sizeof lo, sizeof hi);
+    vf4 s = lo + hi;
+    return (s[0] + s[2]) + (s[1] + s[3]);
+}
 
 /* 0 if every idx[i] lies in [0, n), else -2 (the kernels check their indices before touching memory). */
 static int check_index(const int64_t *idx, int64_t m, int64_t n) {
