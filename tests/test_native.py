@@ -171,14 +171,6 @@ def test_axpy_rows(n, c, m, two_threads):
 
 
 @needs_native
-@pytest.mark.parametrize("n,c", [(120, 16), (5000, 64), (7, 13)], ids=["small", "parallel", "odd-width"])
-def test_weighted_sum(n, c, two_threads):
-    a, b, wa, wb = _rows(n, c), _rows(n, c, seed=4), torch.rand(n), torch.rand(n)
-    expected = wa.double()[:, None] * a.double() + wb.double()[:, None] * b.double()
-    torch.testing.assert_close(native.weighted_sum(a, wa, b, wb).double(), expected, rtol=1e-6, atol=1e-6)
-
-
-@needs_native
 def test_bad_input_is_refused():
     x = _rows(10, 8)
     with pytest.raises(IndexError):
@@ -322,38 +314,6 @@ def test_gn_halting_stage_sparse_equals_masked_dense(native_on, monkeypatch):
         for k, (rho, masks) in ponder.items():
             torch.testing.assert_close(pon[k][0], rho, atol=1e-5, rtol=1e-4)
             assert all(torch.equal(a, b) for a, b in zip(pon[k][1], masks))
-
-
-@needs_native
-def test_stage_output_fused_after_a_dense_second_unit(monkeypatch):
-    """When unit 1 runs densely (every position still active), the stage output p^0 x^0 + p^1 x^1 is written in
-    one pass (weighted_sum, once per stage) and equals the masked dense path's."""
-    from detectron2.modeling import build_backbone
-
-    from sact_det.modeling.execution import sparse_halting
-    from sact_det.modeling.halting.branches import SpatialHalting
-    from tests.helpers import randomize_bn, tiny_cfg
-
-    torch.manual_seed(0)
-    cfg = tiny_cfg(depth=50)
-    cfg.MODEL.SACT.HALT_NORM = "GN"
-    bb = build_backbone(cfg).eval()
-    randomize_bn(bb)
-    for m in bb.modules():
-        if isinstance(m, SpatialHalting):
-            m.local_conv.bias.data.fill_(-1.0)  # h ~ 0.3: nothing halts after unit 0, some positions later
-    calls = []
-    fused = sparse_halting.weighted_sum
-    monkeypatch.setattr(sparse_halting, "weighted_sum", lambda *a: calls.append(1) or fused(*a))
-    x = torch.randn(1, 3, 64, 96)
-    with torch.no_grad():
-        bb.set_execution("dense")
-        ref = bb(x)
-        bb.set_execution("auto", 0.5)
-        got = bb(x)
-    assert len(calls) == len(bb.adaptive_stages)
-    for k in ref:
-        torch.testing.assert_close(got[k], ref[k], atol=1e-4 * float(ref[k].abs().max()), rtol=1e-4)
 
 
 def _probe(tmp_path, **env):

@@ -24,7 +24,7 @@ from .gather import MapStats, MapView, Scratch, active_density, basic_image, bot
 
 __all__ = [
     "SPARSE_MAX_DENSITY", "EXECUTION_MODES", "cached_fold", "release_folds",
-    "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward", "active_density", "leaves_input",
+    "fold_unit", "FoldedUnit", "dense_folded_forward", "sparse_unit_forward", "active_density",
 ]
 
 
@@ -84,14 +84,6 @@ def _keep_inactive(y: torch.Tensor, x: torch.Tensor, active: torch.Tensor, frac:
     return y
 
 
-def leaves_input(active: torch.Tensor, density: List[float], max_density: float) -> bool:
-    """Whether :func:`sparse_unit_forward` with this mask, its per-image ``density`` and ``max_density`` runs the
-    dense folded unit on every image: it then writes a new tensor and leaves x as it was, even with
-    ``inplace=True``."""
-    whole = active.shape[2:] == (1, 1)
-    return all(d > 0 and (whole or d >= max_density) for d in density)
-
-
 def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tensor,
                         max_density: float = 1.0, inplace: bool = False,
                         density: Optional[List[float]] = None, stats: Optional[MapStats] = None) -> torch.Tensor:
@@ -122,7 +114,7 @@ def sparse_unit_forward(folded: FoldedUnit, x: torch.Tensor, active: torch.Tenso
     if stats is not None:
         for b in dense_ids:
             stats.valid[b] = False
-    if leaves_input(active, frac, max_density):  # every image runs densely: no copy of x, no per-image indexing
+    if len(dense_ids) == B:  # every image runs densely: no copy of x, no per-image indexing
         y = dense_folded_forward(folded, x).to(x.dtype)  # (autocast convs return bf16 / fp16 for an fp32 x)
         return y if min(frac) == 1.0 else _keep_inactive(y, x, active, frac)
     if not (x.is_contiguous() or x.is_contiguous(memory_format=torch.channels_last)):

@@ -30,8 +30,7 @@ from .fold import rows_linear
 from . import native
 from .gather import MapStats, MapView, active_density, dilate, neighbour_index
 
-__all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting", "SparseHaltingState", "fusable_sum",
-           "weighted_sum"]
+__all__ = ["sparse_halting", "masked_accumulate_", "supports_sparse_halting", "SparseHaltingState"]
 
 GATHER_TAPS_BELOW = 0.2  # active fraction below which the conv taps are computed on gathered rows only
 NATIVE_GATHER_TAPS_BELOW = 0.4  # the same with the native dot kernel (reads the rows in place: no gathered copy)
@@ -261,23 +260,6 @@ def masked_accumulate_(out: torch.Tensor, weight: torch.Tensor, x: torch.Tensor,
         o.scatter(aidx, rows)
     return out
 
-
-def fusable_sum(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """Whether :func:`weighted_sum` takes maps like x (B,C,H,W) with per-position weights like ``weight``
-    (B,1,H,W): channels-last fp32 CPU maps and float32 weights, native kernels available."""
-    return x.dim() == 4 and weight.shape == (x.shape[0], 1, *x.shape[2:]) and x.shape[0] > 0 \
-        and MapView(x[0]).native_rows and weight.is_contiguous() and native.usable(weight)
-
-
-def weighted_sum(x0: torch.Tensor, w0: torch.Tensor, x1: torch.Tensor, w1: torch.Tensor) -> torch.Tensor:
-    """w0 * x0 + w1 * x1 in one native pass per image: x0, x1 (B,C,H,W) channels-last, w0, w1 (B,1,H,W) (see
-    :func:`fusable_sum`) -> a new channels-last (B,C,H,W) tensor. A stage's output after its first two units when
-    the second ran densely (x0 intact): one pass instead of ``out = w0 * x0`` and ``out += w1 * x1``."""
-    out = torch.empty_like(x0, memory_format=torch.channels_last)
-    for b in range(x0.shape[0]):
-        native.weighted_sum(MapView(x0[b]).mat, w0[b].reshape(-1), MapView(x1[b]).mat, w1[b].reshape(-1),
-                            MapView(out[b]).mat)
-    return out
 
 class SparseHaltingState(HaltingState):
     """:class:`.HaltingState` for the sparse inference path: each step in one native pass (:func:`.native.halting_step`)

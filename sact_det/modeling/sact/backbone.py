@@ -84,8 +84,8 @@ class SACTStage(nn.Sequential):
         halting score is computed only where needed and ``out += p^l x^l`` touches only active
         positions (:mod:`.sparse_halting`). The output has the memory format of the input.
         """
-        from ..execution.sparse_halting import (SparseHaltingState, fusable_sum, masked_accumulate_,
-                                                sparse_halting, supports_sparse_halting, weighted_sum)
+        from ..execution.sparse_halting import (SparseHaltingState, masked_accumulate_, sparse_halting,
+                                                supports_sparse_halting)
 
         num, state = len(self), SparseHaltingState(self.eps)
         fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) \
@@ -99,7 +99,6 @@ class SACTStage(nn.Sequential):
         # per-channel sums of the state kept across units (the halting statistics; updated by the native kernels)
         stats = MapStats(x.shape[0], x.shape[1]) if x.device.type == "cpu" else None
         replay = self._replay
-        first = None  # (p^0, x^0) while out = p^0 x^0 waits to be fused with unit 1's term (x^0 still intact)
         for index, block in enumerate(self):
             if index > 0:
                 active = state.active if replay is None else (replay[index - 1] if index - 1 < len(replay) else None)
@@ -107,8 +106,6 @@ class SACTStage(nn.Sequential):
                 if density is None or not any(density):
                     break  # every position halted: the remaining units run nowhere
                 masks.append(active)
-                if first is not None and not sparse.leaves_input(active, density, per_image):
-                    out, first = (first[0] * first[1]).contiguous(memory_format=torch.channels_last), None
                 # per image: gather kernel below the density threshold, dense folded unit above it
                 x = sparse.sparse_unit_forward(sparse.cached_fold(block), x, active, max_density=per_image,
                                                inplace=True, density=density, stats=stats)
@@ -119,18 +116,12 @@ class SACTStage(nn.Sequential):
                     else block.halting(x)
             like = x[:, :1, :1, :1] if self.mode == "act" else x[:, :1]
             weight = state.step(h, last=last, like=like)
-            if first is not None:  # unit 1 ran densely into a new tensor: out = p^0 x^0 + p^1 x^1 in one pass
-                out, first = weighted_sum(first[1], first[0], x, weight), None
-            elif out is None and not last and replay is None and fusable_sum(x, weight):  # (replayed masks: p^1
-                first = (weight, x)  # is not 0 off the mask, so unit 1's term must stay masked)
-            elif out is None:
+            if out is None:
                 out = (weight * x).contiguous(memory_format=torch.channels_last)
             elif active.shape[2:] == (1, 1):
                 out.add_(weight * x)
             else:
                 masked_accumulate_(out, weight, x, active, density=density)
-        if first is not None:  # every position halted after unit 0
-            out = (first[0] * first[1]).contiguous(memory_format=torch.channels_last)
         self._record(state, masks, x.shape)
         return out.to(x.dtype).contiguous(memory_format=fmt)  # out: accumulated in float32 under autocast
 

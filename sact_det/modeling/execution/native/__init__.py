@@ -3,8 +3,8 @@
 The kernels read a channels-last map as an n x c float32 matrix and touch each row once: per-channel
 sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps) and the
 halting logits from them, indexed row copies, the residual write of a unit's last conv with the change of
-the channel sums, and the accumulation ``out += w * x`` at given positions; and a unit's index sets from its
-masks (``neighbour_index``, the only kernel on bool masks). torch does the same in several passes or
+the channel sums, and the accumulation ``out += w * x`` at given positions; a unit's index sets from its
+masks (``neighbour_index``) and a step of the halting state (``halting_step``), the two kernels on bool masks. torch does the same in several passes or
 with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
 --part extractor`` times SACT with and without them in the same rounds ("torch only").
 
@@ -32,7 +32,7 @@ import torch
 
 __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index",
            "gather_rows", "copy_rows", "residual_scatter", "axpy_rows",
-           "halting_step", "weighted_sum", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
+           "halting_step", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
@@ -106,7 +106,6 @@ def _build() -> Optional[ctypes.CDLL]:
         "sd_residual_scatter": (i32, [p, p, i64, i64, p, i64, p, p, p, i32]),
         "sd_axpy_rows": (i32, [p, p, p, i64, i64, p, i64, i32]),
         "sd_halting_step": (i32, [p, p, p, p, p, p, p, i64, ctypes.c_double, i32]),
-        "sd_weighted_sum": (i32, [p, p, p, p, p, i64, i64, i32]),
     }
     for name, (res, args) in sigs.items():
         fn = getattr(handle, name)
@@ -314,19 +313,3 @@ def halting_step(h: Optional[torch.Tensor], cumsum: torch.Tensor, active: torch.
                               float(eps), int(last))
     return weight, new_active
 
-
-def weighted_sum(a: torch.Tensor, wa: torch.Tensor, b: torch.Tensor, wb: torch.Tensor,
-                 out: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """wa * a + wb * b in one pass: a, b (n, c) rows, wa, wb (n,) one weight per row -> ``out`` (n, c) (a new
-    tensor if None); returns out."""
-    _rows(a, "a")
-    _rows(b, "b")
-    out = torch.empty_like(a) if out is None else out
-    _rows(out, "out")
-    if a.shape != b.shape or out.shape != a.shape or wa.shape != (a.shape[0],) or wb.shape != wa.shape \
-            or not usable(wa, wb):
-        raise ValueError(f"weighted_sum: a {tuple(a.shape)}, b {tuple(b.shape)}, out {tuple(out.shape)}, "
-                         f"wa {tuple(wa.shape)}, wb {tuple(wb.shape)}")
-    library().sd_weighted_sum(out.data_ptr(), a.data_ptr(), wa.data_ptr(), b.data_ptr(), wb.data_ptr(), a.shape[0],
-                              a.shape[1], _threads())
-    return out

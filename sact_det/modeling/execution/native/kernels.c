@@ -365,22 +365,3 @@ int sd_halting_step(const float *h, float *cumsum, const uint8_t *active, uint8_
     }
     return 0;
 }
-
-/* out = wa * a + wb * b over n rows of c floats, one weight per row (wa, wb: n floats): a stage's output after
- * its first two units in one pass (instead of out = wa * a, then out += wb * b). */
-int sd_weighted_sum(float *out, const float *a, const float *wa, const float *b, const float *wb, int64_t n,
-                    int64_t c, int nt) {
-    #pragma omp parallel num_threads(threads_for(nt, n * c))
-    {
-        int64_t lo, hi;
-        my_range(n, &lo, &hi);
-        for (int64_t i = lo; i < hi; i++) {
-            float u = wa[i], v = wb[i], *o = out + i * c;
-            const float *p = a + i * c, *q = b + i * c;
-            prefetch_row(a, i, hi, c);
-            prefetch_row(b, i, hi, c);
-            for (int64_t j = 0; j < c; j++) o[j] = u * p[j] + v * q[j];
-        }
-    }
-    return 0;
-}
