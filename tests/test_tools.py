@@ -286,13 +286,12 @@ def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
     from sact_det.modeling.core.flop_rules import conv_flops, dilate, unit_convs
     from sact_det.modeling.execution import sparse, sparse_halting
 
-    patched = ("sparse_halting", "masked_accumulate_")
-    before = (sparse.sparse_unit_forward, *(getattr(sparse_halting, n) for n in patched))
+    before = (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_)
     cfg, sact_bb, _ = benchmark_sparse._extractors(Namespace(config=DEMO_CFG, weights=""))
     benchmark_sparse.randomize_halting(sact_bb)
     images = [benchmark_sparse.torch.randn(1, 3, 64, 96)]
     rows = benchmark_sparse.unit_breakdown(sact_bb, images, max_density=0.75, rounds=1)
-    assert (sparse.sparse_unit_forward, *(getattr(sparse_halting, n) for n in patched)) == before
+    assert (sparse.sparse_unit_forward, sparse_halting.sparse_halting, sparse_halting.masked_accumulate_) == before
     expected = {(name, l + 1): float(m.float().mean()) for name, p in sact_bb.last_ponder.items()
                 for l, m in enumerate(p.masks)}
     ran = {(r["stage"], r["unit"]): r for r in rows if "density" in r}

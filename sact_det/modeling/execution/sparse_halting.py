@@ -269,10 +269,11 @@ class SparseHaltingState(HaltingState):
     def step(self, h: Optional[torch.Tensor], last: bool = False, like: Optional[torch.Tensor] = None) -> torch.Tensor:
         if self.cumsum is None and h is not None and not self.finished:
             self._start(h)
-        if self.cumsum is None or self.finished or (h is None and not last) \
-                or not native.usable(self.cumsum, *(() if last else (h.to(self.cumsum.dtype),))):
+        scores = None if last or h is None else h.to(self.cumsum.dtype)
+        if self.cumsum is None or self.finished or (scores is None and not last) \
+                or not native.usable(self.cumsum, *(() if last else (scores,))):
             return super().step(h, last, like)
-        weight, self.active = native.halting_step(None if last else h.to(self.cumsum.dtype).contiguous(), self.cumsum,
-                                                  self.active, self.num_units, self.remainder, self.eps, last)
+        weight, self.active = native.halting_step(scores, self.cumsum, self.active, self.num_units, self.remainder,
+                                                  self.eps, last)
         self.finished = last
         return weight

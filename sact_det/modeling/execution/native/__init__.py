@@ -4,8 +4,8 @@ The kernels read a channels-last map as an n x c float32 matrix and touch each r
 sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps) and the
 halting logits from them, indexed row copies, the residual write of a unit's last conv with the change of
 the channel sums, and the accumulation ``out += w * x`` at given positions; a unit's index sets from its
-masks (``neighbour_index``) and a step of the halting state (``halting_step``), the two kernels on bool masks. torch does the same in several passes or
-with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
+masks (``neighbour_index``) and a step of the halting state (``halting_step``), the two kernels on bool masks.
+torch does the same in several passes or with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
 --part extractor`` times SACT with and without them in the same rounds ("torch only").
 
 No torch headers, no ninja: ``cc -O3 -march=native -fopenmp -shared`` takes under a second (without
@@ -31,8 +31,7 @@ from typing import Optional
 import torch
 
 __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index",
-           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows",
-           "halting_step", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
+           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows", "halting_step", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
@@ -312,4 +311,3 @@ def halting_step(h: Optional[torch.Tensor], cumsum: torch.Tensor, active: torch.
                               num_units.data_ptr(), remainder.data_ptr(), weight.data_ptr(), cumsum.numel(),
                               float(eps), int(last))
     return weight, new_active
-
