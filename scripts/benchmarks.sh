@@ -28,6 +28,11 @@ run extractor_1thread_run2 tools/benchmark_sparse.py --part extractor --channels
   --images 2 --rounds-extractor 7 --target-flops 0.5 0.7
 run extractor_1thread_15rounds tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
   --images 2 --rounds-extractor 15 --target-flops 0.5 0.7
+run acceptance_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu
+run extractor_70_gn_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
+  --target-flops 0.7 --breakdown
+run extractor_70_frozenbn_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
+  --target-flops 0.7 --breakdown --halt-norm FrozenBN
 run extractor_replay_1thread tools/benchmark_sparse.py --part extractor --channels-last --threads 1 --clock cpu \
   --images 2 --rounds-extractor 7 --replay-weights "$REPLAY" --breakdown
 run crossover_1thread tools/benchmark_sparse.py --part crossover --threads 1 --clock cpu \

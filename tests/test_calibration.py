@@ -6,7 +6,7 @@ from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting
-from tests.helpers import tiny_cfg
+from tests.helpers import disable_halting, tiny_cfg
 
 # R-50 C4 adaptive stages: (units, C, bottleneck C) of their 1x1 -> 3x3 -> 1x1 units with identity shortcut
 STAGES = {"res2": (3, 256, 64), "res3": (4, 512, 128), "res4": (6, 1024, 256)}
@@ -70,3 +70,58 @@ def test_calibration_rejects_a_dense_backbone_and_bad_targets():
     bb = build_backbone(tiny_cfg(depth=18, mode="sact")).eval()
     with pytest.raises(ValueError, match="target"):
         calibrate_halting(bb, [torch.randn(1, 3, 32, 32)], 1.5)
+
+
+def _halting_inputs(bb, images):
+    """Per halting branch: its inputs (those of its local norm) on ``images`` (dense execution), as (N, C) rows."""
+    from sact_det.modeling.halting.branches import SpatialHalting
+
+    heads = [m for m in bb.modules() if isinstance(m, SpatialHalting)]
+    seen = {id(h): [] for h in heads}
+    hooks = [h.register_forward_pre_hook(lambda m, i: seen[id(m)].append(i[0].detach())) for h in heads]
+    bb.set_execution("dense")
+    with torch.no_grad():
+        for img in images:
+            bb(img)
+    for h in hooks:
+        h.remove()
+    return heads, [torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in seen[id(h)]])
+                   for h in heads]
+
+
+@pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
+def test_randomize_halting_gives_fixed_statistics_norms_the_statistics_of_their_inputs(norm):
+    import copy
+
+    torch.manual_seed(0)
+    cfg = tiny_cfg(depth=50, mode="sact")
+    cfg.MODEL.SACT.HALT_NORM = norm
+    bb = build_backbone(cfg).eval()
+    images = [torch.randn(1, 3, 64, 96) * 3 for _ in range(2)]
+    ref = copy.deepcopy(bb)
+    randomize_halting(ref, seed=3)  # same weights, statistics untouched
+    disable_halting(ref)  # the statistics are taken with every unit running everywhere
+    heads, inputs = _halting_inputs(ref, images)
+    bb.set_execution("auto", 0.5)
+    randomize_halting(bb, seed=3, images=images)
+    assert all(getattr(bb, n).execution == "auto" and getattr(bb, n).sparse_max_density == 0.5
+               for n in bb.adaptive_stages)  # restored
+    mine = [m for m in bb.modules() if type(m).__name__ == "SpatialHalting"]
+    assert len(mine) == len(inputs) == 10  # R-50 res2..res4: 2 + 3 + 5 branches (none after a last unit)
+    # every branch read its whole map on both images: 64x96 at strides 4 / 8 / 16
+    assert [x.shape[0] for x in inputs] == [2 * 16 * 24] * 2 + [2 * 8 * 12] * 3 + [2 * 4 * 6] * 5
+    for hd, x in zip(mine, inputs):
+        var, mean = torch.var_mean(x.double(), 0, unbiased=False)
+        assert torch.allclose(hd.local_norm.running_mean.double(), mean, rtol=1e-5, atol=1e-6)
+        assert torch.allclose(hd.local_norm.running_var.double(), var, rtol=1e-5, atol=1e-6)
+        assert (var - 1).abs().max() > 0.3  # far from the default (0, 1): the statistics were really set
+
+
+def test_calibration_warns_when_the_target_is_out_of_reach():
+    torch.manual_seed(0)
+    bb = build_backbone(tiny_cfg(depth=50, mode="sact")).eval()
+    randomize_halting(bb, seed=1)
+    images = [torch.randn(1, 3, 64, 96)]
+    with pytest.warns(UserWarning, match="reached 0.[0-9]+ of the dense FLOPs, not 0.050"):
+        calibrate_halting(bb, images, 0.05)  # units 0 of every stage always run: far above 5 %
+    assert flops_fraction(bb, images) > 0.2

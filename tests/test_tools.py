@@ -278,6 +278,20 @@ def test_benchmark_sparse_runs_end_to_end_at_a_tiny_size(capsys, trained_weights
     assert (float(torch_only_ms) > 0) if benchmark_sparse.native.available() else torch_only_ms == "-"
 
 
+def test_benchmark_sparse_halt_norm_option_calibrates_a_fixed_statistics_norm(capsys, recwarn):
+    """--halt-norm FrozenBN: the untrained extractor's halting norms are FrozenBN, their statistics come from the
+    calibration images, so the calibration reaches the target (raw maps would put every offset out of reach)."""
+    coco = "configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml"  # full widths: raw maps far from unit variance
+    benchmark_sparse.main(["--part", "extractor", "--threads", "1", "--rounds-extractor", "1", "--config", coco,
+                           "--images", "2", "--image-size", "96", "128", "--target-flops", "0.7",
+                           "--halt-norm", "FrozenBN"])
+    out = capsys.readouterr().out
+    assert "halting norm FrozenBN" in out
+    (row,) = [ln for ln in out.splitlines() if ln.startswith("| bias ")]
+    assert abs(float(row.split("|")[2]) - 0.7) < 0.05, row
+    assert not [w for w in recwarn if "calibrate_halting" in str(w.message)]
+
+
 def test_benchmark_sparse_breakdown_times_every_unit_that_ran(capsys):
     """--breakdown: one row per (stage, unit) that ran, its active fraction that of the masks the stage recorded,
     every timed part non-negative; the tool's patches are undone afterwards."""

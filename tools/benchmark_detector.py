@@ -190,7 +190,7 @@ def main(argv=None) -> Dict[str, object]:
                     replay_frac = _replayed_fraction(args, replay_depth, normalized, replay_all)
                 # > 1: the replayed model never halts, its halting branches add FLOPs
                 target = args.target_flops if replay_all is None else min(1.0, replay_frac)
-                randomize_halting(bb)
+                randomize_halting(bb, images=normalized[:2])
                 bias = calibrate_halting(bb, normalized[:2], target)
                 frac = flops_fraction(bb, normalized)
                 how = f"random halting calibrated to {target:.3f} of the dense FLOPs (bias {bias:+.2f})"

@@ -273,6 +273,8 @@ def _extractors(args):
     cfg = get_sact_cfg()
     cfg.merge_from_file(args.config)
     cfg.MODEL.DEVICE, cfg.MODEL.WEIGHTS = "cpu", args.weights
+    if getattr(args, "halt_norm", None) is not None:
+        cfg.MODEL.SACT.HALT_NORM = args.halt_norm
     torch.manual_seed(0)
     if args.weights:
         model = build_model(cfg)
@@ -513,7 +515,8 @@ def bench_extractor(args, argv: List[str]) -> None:
           f"images at {hw[0]}x{hw[1]} ({fmt}), batch 1, fp32, {torch.get_num_threads()} threads, "
           f"{benchmark_env.describe()}, {args.clock} clock, {args.rounds_extractor} rounds (median), "
           f"auto SPARSE_MAX_DENSITY={args.max_density}; dense: {dense_flops / 1e9:.1f} GFLOPs/image")
-    untrained = "none (random init); halting: random 3x3 convs + one shared bias calibrated"
+    untrained = (f"none (random init); halting: random 3x3 convs + one shared bias calibrated, halting norm "
+                 f"{cfg.MODEL.SACT.HALT_NORM or 'none'}")
     replay = replayed_masks(args, len(images), hw) if args.replay_weights else None
     if replay is not None:
         untrained = (f"none (random init); units run on the masks that {args.replay_weights} "
@@ -524,7 +527,7 @@ def bench_extractor(args, argv: List[str]) -> None:
         bias = None
         if target is not None:
             sact_bb.set_execution("auto", SPARSE_MAX_DENSITY)
-            randomize_halting(sact_bb)
+            randomize_halting(sact_bb, images=images[:2])
             bias = calibrate_halting(sact_bb, images[:2], target)
         diff = float("nan")  # replayed masks: the halting weights do not match them, outputs not comparable
         with torch.no_grad():
@@ -606,9 +609,10 @@ def memory_worker(args) -> None:
             fn = _unit_fns(block, folded, x, m, args.max_density)[0][kind]
         else:
             cfg, sact_bb, dense_bb = _extractors(args)
-            if args.halting_bias is not None:
-                randomize_halting(sact_bb, bias=args.halting_bias)
-            images = _demo_images(cfg, 1, args.image_size, args.channels_last)
+            images = _demo_images(cfg, 2, args.image_size, args.channels_last)
+            if args.halting_bias is not None:  # the parent's halting (same images for the norm statistics)
+                randomize_halting(sact_bb, bias=args.halting_bias, images=images)
+            images = images[:1]
             fn = _extractor_fns(sact_bb, dense_bb, images, args.max_density)[kind]
         print("PEAK", peak_rss_bytes(fn))
 
@@ -627,6 +631,9 @@ def main(argv=None) -> None:
     p.add_argument("--height", type=int, default=50)
     p.add_argument("--width", type=int, default=84)
     p.add_argument("--config", default="configs/COCO-Detection/sact_R_50_C4_tau0.005_1x.yaml")
+    p.add_argument("--halt-norm", default=None, choices=["BN", "FrozenBN", "GN", ""],
+                   help="(b) MODEL.SACT.HALT_NORM instead of the config's (untrained extractor; BN / FrozenBN statistics "
+                        "are set from the calibration images)")
     p.add_argument("--weights", default="", help="(b) trained SACT detector checkpoint; none: calibrated halting")
     p.add_argument("--replay-weights", default="", help="(b) run the units of the (untrained, --config) extractor "
                    "on the masks this trained SACT detector produces on each image")
