@@ -5,6 +5,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from sact_det.modeling.halting.branches import SpatialHalting
 from sact_det.modeling.sact.calibration import calibrate_halting, flops_fraction, randomize_halting
 from tests.helpers import disable_halting, tiny_cfg
 
@@ -74,8 +75,6 @@ def test_calibration_rejects_a_dense_backbone_and_bad_targets():
 
 def _halting_inputs(bb, images):
     """Per halting branch: its inputs (those of its local norm) on ``images`` (dense execution), as (N, C) rows."""
-    from sact_det.modeling.halting.branches import SpatialHalting
-
     heads = [m for m in bb.modules() if isinstance(m, SpatialHalting)]
     seen = {id(h): [] for h in heads}
     hooks = [h.register_forward_pre_hook(lambda m, i: seen[id(m)].append(i[0].detach())) for h in heads]
@@ -85,8 +84,7 @@ def _halting_inputs(bb, images):
             bb(img)
     for h in hooks:
         h.remove()
-    return heads, [torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in seen[id(h)]])
-                   for h in heads]
+    return [torch.cat([x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]) for x in seen[id(h)]]) for h in heads]
 
 
 @pytest.mark.parametrize("norm", ["FrozenBN", "BN"])
@@ -101,12 +99,12 @@ def test_randomize_halting_gives_fixed_statistics_norms_the_statistics_of_their_
     ref = copy.deepcopy(bb)
     randomize_halting(ref, seed=3)  # same weights, statistics untouched
     disable_halting(ref)  # the statistics are taken with every unit running everywhere
-    heads, inputs = _halting_inputs(ref, images)
+    inputs = _halting_inputs(ref, images)
     bb.set_execution("auto", 0.5)
     randomize_halting(bb, seed=3, images=images)
     assert all(getattr(bb, n).execution == "auto" and getattr(bb, n).sparse_max_density == 0.5
                for n in bb.adaptive_stages)  # restored
-    mine = [m for m in bb.modules() if type(m).__name__ == "SpatialHalting"]
+    mine = [m for m in bb.modules() if isinstance(m, SpatialHalting)]
     assert len(mine) == len(inputs) == 10  # R-50 res2..res4: 2 + 3 + 5 branches (none after a last unit)
     # every branch read its whole map on both images: 64x96 at strides 4 / 8 / 16
     assert [x.shape[0] for x in inputs] == [2 * 16 * 24] * 2 + [2 * 8 * 12] * 3 + [2 * 4 * 6] * 5

@@ -46,16 +46,17 @@ def randomize_halting(backbone: SACTResNet, gain: float = 3.0, seed: int = 0, bi
             w.copy_(torch.randn(w.shape, generator=g) * gain / w[0].numel() ** 0.5)
             hd.local_conv.bias.fill_(bias)
             hd.global_conv.weight.zero_()
-    if images is not None and any(isinstance(hd.local_norm, (nn.BatchNorm2d, FrozenBatchNorm2d)) for hd in heads):
-        _set_input_statistics(backbone, heads, images)
+    fixed = [hd for hd in heads if isinstance(hd.local_norm, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+    if images is not None and fixed:
+        _set_input_statistics(backbone, heads, fixed, images)
 
 
 @torch.no_grad()
-def _set_input_statistics(backbone: SACTResNet, heads: List[SpatialHalting], images: Sequence[torch.Tensor]) -> None:
-    """running_mean / running_var of each BN / FrozenBN local halting norm := per-channel mean / variance of its
-    (B,C,H,W) input over ``images``; one forward each with the backbone in eval mode, dense execution and no
-    position halting before the last unit (all restored)."""
-    fixed = [hd for hd in heads if isinstance(hd.local_norm, (nn.BatchNorm2d, FrozenBatchNorm2d))]
+def _set_input_statistics(backbone: SACTResNet, heads: List[SpatialHalting], fixed: List[SpatialHalting],
+                          images: Sequence[torch.Tensor]) -> None:
+    """running_mean / running_var of the BN / FrozenBN local norm of each of ``fixed`` := per-channel mean /
+    variance of its (B,C,H,W) input over ``images``; one forward each with the backbone in eval mode, dense
+    execution and no position halting before the last unit (every branch of ``heads``; all restored)."""
     sums = {id(hd): [0.0, 0.0, 0] for hd in fixed}
 
     def record(head: nn.Module, inputs) -> None:  # the branch's input is its local norm's input

@@ -4,9 +4,10 @@ The kernels read a channels-last map as an n x c float32 matrix and touch each r
 sums (GroupNorm statistics of the halting branch), a few dot products per row (the halting taps) and the
 halting logits from them, indexed row copies, the residual write of a unit's last conv with the change of
 the channel sums, and the accumulation ``out += w * x`` at given positions; a unit's index sets from its
-masks (``neighbour_index``) and a step of the halting state (``halting_step``), the two kernels on bool masks.
-torch does the same in several passes or with slow indexed writes (``index_put_`` / fresh ``index_select`` buffers); ``tools/benchmark_sparse.py
---part extractor`` times SACT with and without them in the same rounds ("torch only").
+masks (``neighbour_index``) and a step of the halting state (``halting_step``), the two kernels on bool
+masks. torch does the same in several passes or with slow indexed writes (``index_put_`` / fresh
+``index_select`` buffers); ``tools/benchmark_sparse.py --part extractor`` times SACT with and without them in
+the same rounds ("torch only").
 
 No torch headers, no ninja: ``cc -O3 -march=native -fopenmp -shared`` takes under a second (without
 ``-fopenmp`` if the compiler lacks OpenMP: then every kernel runs on the calling thread); the library is
@@ -31,7 +32,8 @@ from typing import Optional
 import torch
 
 __all__ = ["available", "library", "usable", "channel_sums", "row_dots", "tap_logits", "neighbour_index",
-           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows", "halting_step", "ENV_ENABLE", "ENV_DIR", "SUMS_MAX_CHANNELS"]
+           "gather_rows", "copy_rows", "residual_scatter", "axpy_rows", "halting_step", "ENV_ENABLE", "ENV_DIR",
+           "SUMS_MAX_CHANNELS"]
 
 ENV_ENABLE = "SACT_NATIVE"  # "0": never build nor use the native kernels
 ENV_DIR = "SACT_NATIVE_DIR"
